@@ -507,20 +507,14 @@ class TrainResult:
         m = SubjectModel(self.arch).to(self.params.dtype); m.load_state_dict(self.state_dict); return m.eval()
 
 # %% ../nbs/01_trainer.ipynb #98390198
-def plan_batches(jobs:Sequence[TrainJob], models_per_batch:int, width_slack:float=0.15, min_models:int=16) -> list:
-    "Job indices per batch: grouped by `_batch_key`, sorted by width, cut so a batch pads at most `width_slack` wider."
+def plan_batches(jobs:Sequence[TrainJob], models_per_batch:int) -> list:
+    "Job indices per batch: grouped by `_batch_key`, sorted by (widest layer, index) so a batch pads little, then cut."
     groups: dict = {}
     for i, j in enumerate(jobs): groups.setdefault(_batch_key(j.arch), []).append(i)
     out = []
     for g in groups.values():
-        cur, lo = [], None
-        for i in sorted(g, key=lambda i: (max(jobs[i].arch.hidden), i)):
-            w = max(jobs[i].arch.hidden)
-            if cur and (len(cur) >= models_per_batch or (w > lo * (1 + width_slack) and len(cur) >= min_models)):
-                out.append(cur); cur = []
-            if not cur: lo = w
-            cur.append(i)
-        out.append(cur)
+        g = sorted(g, key=lambda i: (max(jobs[i].arch.hidden), i))
+        out += [g[s:s + models_per_batch] for s in range(0, len(g), models_per_batch)]
     return out
 
 def _finish(jobs, cfg, params, hist, stopped_at, data):
@@ -555,8 +549,12 @@ def worker_pool(workers:int):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         if not _POOLS: atexit.register(shutdown_pools)
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'))
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=_worker_ready)
     return _POOLS[workers]
+
+def _worker_ready(*_):
+    "Runs in each worker as it starts (importing this module, hence torch); `worker_pool(n).map(_worker_ready, ...)` waits for them."
+    return os.getpid()
 
 def shutdown_pools():
     "Stop the worker processes started by `worker_pool`."
@@ -685,7 +683,7 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
     "Time the per-model loop and the batched trainer on the same models; returns table rows."
     rows = []
     if workers > 1:
-        t0 = time.perf_counter(); list(worker_pool(workers).map(abs, range(workers)))
+        t0 = time.perf_counter(); list(worker_pool(workers).map(_worker_ready, range(4 * workers)))
         log(f"worker pool ({workers} processes) started in {time.perf_counter() - t0:.1f} s (once per session, not counted)")
     for wl in workloads:
         jobs, cfg = bench_jobs(wl, n_models)
