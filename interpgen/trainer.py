@@ -270,9 +270,9 @@ _ACT_BACK = dict(  # gradient wrt pre-activation z, from the gradient wrt the ou
     sigmoid=lambda g, z, a: _aten.sigmoid_backward(g, a),
     leaky_relu=lambda g, z, a: _aten.leaky_relu_backward(g, z, 0.01, False))
 
-def with_ones(shape, dtype) -> torch.Tensor:
+def with_ones(shape, dtype, device=None) -> torch.Tensor:
     "A buffer `[*shape[:-1], shape[-1] + 1]` whose last column is 1 (the bias input)."
-    t = torch.empty(*shape[:-1], shape[-1] + 1, dtype=dtype); t[..., -1] = 1; return t
+    t = torch.empty(*shape[:-1], shape[-1] + 1, dtype=dtype, device=device); t[..., -1] = 1; return t
 
 # %% ../nbs/01_trainer.ipynb #3ee1ca1f
 def batched_forward(blocks, x, activation, keep=False, drop_masks=None, bufs=None):
@@ -284,7 +284,7 @@ def batched_forward(blocks, x, activation, keep=False, drop_masks=None, bufs=Non
             a = _ACT[activation](z); ad = a if drop_masks is None else a * drop_masks[l]
             h_next = torch.cat([ad, torch.ones_like(ad[..., :1])], -1)
         else:
-            h_next = bufs[l] if bufs is not None else with_ones(z.shape, z.dtype)
+            h_next = bufs[l] if bufs is not None else with_ones(z.shape, z.dtype, z.device)
             a = h_next[..., :-1]
             if drop_masks is None: _ACT_OUT[activation](z, a)
             else: a_full = _ACT[activation](z); torch.mul(a_full, drop_masks[l], out=a); a = a_full
@@ -315,7 +315,7 @@ class BatchedAdam:
         self.st, self.p, (self.b1, self.b2), self.eps = st, params, betas, eps
         self.lr = torch.as_tensor(lr, dtype=params.dtype).reshape(-1)
         self.m, self.v = torch.zeros_like(params), torch.zeros_like(params)
-        self.t = torch.zeros(st.M, dtype=torch.long)
+        self.t = torch.zeros(st.M, dtype=torch.long, device=params.device)
         self.lr_full = st.per_model(self.lr)
 
     def step(self, grad:torch.Tensor, active:torch.Tensor|None=None):
@@ -332,7 +332,7 @@ class BatchedAdam:
         self.t += on.long(); dt = self.p.dtype
         t = self.t.clamp(min=1).to(torch.float64)        # a model that has not stepped yet: any finite correction
         c1, c2 = (1 - self.b1 ** t).to(dt), (1 - self.b2 ** t).to(dt)
-        one = torch.ones(self.st.M, dtype=dt)
+        one = torch.ones(self.st.M, dtype=dt, device=self.p.device)
         b1, b2 = torch.where(on, one * self.b1, one), torch.where(on, one * self.b2, one)  # inactive: moments kept
         step = torch.where(on, self.lr / c1, 0.0).to(dt)
         for P, G, Mo, V in zip(*(self.st.blocks(x) for x in (self.p, grad, self.m, self.v))):
@@ -365,10 +365,11 @@ def _gather(X, rows):
 # %% ../nbs/01_trainer.ipynb #f106d45d
 class _Data:
     "Every job's examples in one flat table (inputs with a bias column of ones), with each job's split rows."
-    def __init__(self, jobs, cfg, dtype):
+    def __init__(self, jobs, cfg, dtype, device='cpu'):
         enc = [encode(j.seqs, j.arch, dtype) for j in jobs]
-        self.X = torch.cat([torch.cat([e, torch.ones(len(e), 1, dtype=dtype)], 1) for e in enc])
-        self.y = torch.cat([torch.as_tensor(np.asarray(j.labels), dtype=dtype) for j in jobs])
+        self.X = torch.cat([torch.cat([e, torch.ones(len(e), 1, dtype=dtype)], 1) for e in enc]).to(device)
+        self.y = torch.cat([torch.as_tensor(np.asarray(j.labels), dtype=dtype) for j in jobs]).to(device)
+        self.device = device
         offs = np.cumsum([0] + [len(j.seqs) for j in jobs])
         self.splits = [tuple(off + s for s in split_indices(len(j.seqs), j.seed, cfg.split)) for j, off in zip(jobs, offs)]
 
@@ -378,7 +379,7 @@ class _Data:
         n = max(len(p) for p in parts)
         rows = torch.zeros(len(parts), n, dtype=torch.long); ok = torch.zeros(len(parts), n, dtype=torch.bool)
         for i, p in enumerate(parts): rows[i, :len(p)] = torch.as_tensor(p); ok[i, :len(p)] = True
-        return rows, ok
+        return rows.to(self.device), ok.to(self.device)
 
 @torch.no_grad()
 def _eval_split(blocks, data, rows, ok, labels, activation):
@@ -399,12 +400,12 @@ def _epoch_rows(rngs, train_rows, bs):
 # %% ../nbs/01_trainer.ipynb #89633231
 def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
     "Train `jobs` (one depth, activation, encoding) together; returns each job's best flat params, histories, stop epochs."
-    dt, M, bs = cfg.torch_dtype, len(jobs), cfg.batch_size
+    dt, M, bs, dev = cfg.torch_dtype, len(jobs), cfg.batch_size, cfg.torch_device
     archs = [j.arch for j in jobs]; act = archs[0].activation; dims = _group_dims(archs)
     check_arg(len({_batch_key(a) for a in archs}) == 1, 'jobs', 'architectures', 'one depth, activation, encoding, dropout and space per batch')
     st, flat, pmask = pack_models([(j.init if j.init is not None else init_params(j.arch, j.seed)).to(dt) for j in jobs], archs, dims, dt)
-    padded, data = bool((pmask == 0).any()), _Data(jobs, cfg, dt)
-    opt = BatchedAdam(st, flat, torch.tensor([j.lr for j in jobs], dtype=dt))
+    padded, data, flat, pmask = bool((pmask == 0).any()), _Data(jobs, cfg, dt, dev), flat.to(dev), pmask.to(dev)
+    opt = BatchedAdam(st, flat, torch.tensor([j.lr for j in jobs], dtype=dt, device=dev))
     rngs = [np.random.default_rng([int(j.seed), 0x5487]) for j in jobs]
     drop_g = torch.Generator().manual_seed(sum(int(j.seed) for j in jobs) % 2**63)
     alive = list(range(M))                                         # models still training, in batch order
@@ -414,9 +415,10 @@ def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
     for epoch in range(cfg.max_epochs):
         Ma = len(alive); blocks = st.blocks(flat)
         grad = torch.zeros_like(flat); gblocks = st.blocks(grad)
-        bufs = [with_ones((Ma, bs, d), dt) for d in dims[1:-1]]
+        bufs = [with_ones((Ma, bs, d), dt, dev) for d in dims[1:-1]]
         rows, ok, steps = _epoch_rows([rngs[m] for m in alive], [data.splits[m][0] for m in alive], bs)
-        tr_loss = torch.zeros(Ma, dtype=dt); tr_n = torch.zeros(Ma, dtype=dt)
+        rows, ok = rows.to(dev), ok.to(dev)
+        tr_loss = torch.zeros(Ma, dtype=dt, device=dev); tr_n = torch.zeros(Ma, dtype=dt, device=dev)
         for s in range(steps):
             r, v = rows[:, s * bs:(s + 1) * bs], ok[:, s * bs:(s + 1) * bs]
             width = int(v.sum(1).max())                            # valid rows are a prefix: drop columns no model uses
@@ -425,7 +427,7 @@ def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
             masks = None
             if archs[0].dropout > 0:
                 p = archs[0].dropout
-                masks = [(torch.rand(Ma, width, d, generator=drop_g, dtype=dt) >= p).to(dt) / (1 - p) for d in dims[1:-1]]
+                masks = [(torch.rand(Ma, width, d, generator=drop_g, dtype=dt) >= p).to(dt).to(dev) / (1 - p) for d in dims[1:-1]]
             logit, saved = batched_forward(blocks, x, act, keep=True, drop_masks=masks,
                                            bufs=bufs if width == bs else [b[:, :width] for b in bufs])
             tr_loss += (_bce(logit, y) * vf).sum(1); tr_n += nv
@@ -434,12 +436,12 @@ def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
             opt.step(grad, nv > 0)
         vrows, vok = data.padded(1, alive)
         vloss, vacc, _ = _eval_split(blocks, data, vrows, vok, data.y, act)
-        al = torch.tensor(alive)
-        hist['train_loss'][alive, epoch] = (tr_loss / tr_n.clamp(min=1)).double().numpy()
-        hist['val_loss'][alive, epoch] = vloss.double().numpy(); hist['val_acc'][alive, epoch] = vacc.double().numpy()
+        vloss, al = vloss.cpu(), torch.tensor(alive)                 # early-stopping bookkeeping lives on the CPU
+        hist['train_loss'][alive, epoch] = (tr_loss / tr_n.clamp(min=1)).cpu().double().numpy()
+        hist['val_loss'][alive, epoch] = vloss.double().numpy(); hist['val_acc'][alive, epoch] = vacc.cpu().double().numpy()
         better = vloss < best_loss[al]
         if bool(better.any()):
-            for bb, fb in zip(best_st.blocks(best), blocks): bb[al[better]] = fb[better]
+            for bb, fb in zip(best_st.blocks(best), blocks): bb[al[better].to(dev)] = fb[better.to(dev)]
             best_loss[al[better]] = vloss[better]
         wait[al] = torch.where(better, 0, wait[al] + 1)
         if cfg.patience is not None and bool((stop := wait[al] >= cfg.patience).any()):
@@ -450,6 +452,7 @@ def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
             new_st = LayerStack(dims, len(alive))
             flat, pmask = st.select(flat, keep), st.select(pmask, keep)
             opt.select(new_st, flat, keep); st = new_st
+    best = best.cpu()
     params = [unpack_model(best_st, best, m, jobs[m].arch) for m in range(M)]
     return params, hist, stopped_at, data, dims
 
