@@ -17,9 +17,9 @@ from .sampler import InterpgenError, check_arg, PatternDataset
 __all__ = ['ACTIVATIONS', 'ENCODINGS', 'QUANTIZATIONS', 'BENCH_WORKLOADS', 'SubjectArch', 'encode', 'subject_logits',
            'SubjectModel', 'save_subject_model', 'load_subject_model', 'param_shapes', 'flatten_state',
            'unflatten_state', 'init_params', 'TrainJob', 'TrainConfig', 'split_indices', 'LayerStack', 'pack_models',
-           'unpack_model', 'with_ones', 'batched_forward', 'batched_backward', 'BatchedAdam', 'train_batch', 'evaluate',
-           'quantize_tensor', 'quantize_flat', 'TrainResult', 'plan_batches', 'worker_pool', 'shutdown_pools',
-           'SubjectModelTrainer', 'train_reference', 'PeakMemory', 'bench_jobs', 'bench_trainer']
+           'unpack_model', 'with_ones', 'batched_forward', 'batched_backward', 'BatchedAdam', 'BatchRun', 'train_batch',
+           'evaluate', 'quantize_tensor', 'quantize_flat', 'TrainResult', 'plan_batches', 'worker_pool',
+           'shutdown_pools', 'SubjectModelTrainer', 'train_reference', 'PeakMemory', 'bench_jobs', 'bench_trainer']
 
 # %% ../nbs/01_trainer.ipynb #22ac1693
 ACTIVATIONS = ('relu', 'gelu', 'tanh', 'sigmoid', 'leaky_relu')
@@ -398,63 +398,94 @@ def _epoch_rows(rngs, train_rows, bs):
     return torch.from_numpy(rows), torch.from_numpy(ok), steps
 
 # %% ../nbs/01_trainer.ipynb #89633231
+class BatchRun:
+    "`M` jobs of one depth, activation and encoding training together."
+    def __init__(self, jobs:Sequence[TrainJob], cfg:TrainConfig):
+        self.jobs, self.cfg, self.M = list(jobs), cfg, len(jobs)
+        self.dt, self.dev, self.bs = cfg.torch_dtype, cfg.torch_device, cfg.batch_size
+        archs = [j.arch for j in jobs]
+        check_arg(len({_batch_key(a) for a in archs}) == 1, 'jobs', 'architectures', 'one depth, activation, encoding, dropout and space per batch')
+        self.act, self.dropout, self.dims = archs[0].activation, archs[0].dropout, _group_dims(archs)
+        inits = [(j.init if j.init is not None else init_params(j.arch, j.seed)).to(self.dt) for j in jobs]
+        self.st, flat, pmask = pack_models(inits, archs, self.dims, self.dt)
+        self.padded, self.flat, self.pmask = bool((pmask == 0).any()), flat.to(self.dev), pmask.to(self.dev)
+        self.data = _Data(jobs, cfg, self.dt, self.dev)
+        self.opt = BatchedAdam(self.st, self.flat, torch.tensor([j.lr for j in jobs], dtype=self.dt, device=self.dev))
+        self.rngs = [np.random.default_rng([int(j.seed), 0x5487]) for j in jobs]
+        self.drop_g = torch.Generator().manual_seed(sum(int(j.seed) for j in jobs) % 2**63)
+        self.alive = list(range(self.M))                          # models still training, in batch order
+        self.best_st, self.best = self.st, self.flat.clone()
+        self.best_loss, self.wait = torch.full((self.M,), math.inf, dtype=self.dt), torch.zeros(self.M, dtype=torch.long)
+        self.hist = {k: np.full((self.M, cfg.max_epochs), np.nan) for k in ('train_loss', 'val_loss', 'val_acc')}
+        self.stopped_at = np.full(self.M, cfg.max_epochs)
+
+# %% ../nbs/01_trainer.ipynb #26a47437
+@patch
+def train_step(self:BatchRun, r, v, bufs, grad) -> tuple:
+    "One optimiser step on rows `r  # [M_alive, bs]` with validity `v`; returns per-model loss sums and counts."
+    width = int(v.sum(1).max())
+    if width < self.bs: r, v, bufs = r[:, :width], v[:, :width], [b[:, :width] for b in bufs]
+    x, y, vf = _gather(self.data.X, r), self.data.y[r], v.to(self.dt); nv = vf.sum(1)
+    masks = None
+    if self.dropout > 0:
+        p, Ma = self.dropout, len(self.alive)
+        masks = [(torch.rand(Ma, width, d, generator=self.drop_g, dtype=self.dt) >= p).to(self.dt).to(self.dev) / (1 - p) for d in self.dims[1:-1]]
+    blocks = self.st.blocks(self.flat)
+    logit, saved = batched_forward(blocks, x, self.act, keep=True, drop_masks=masks, bufs=bufs)
+    batched_backward(blocks, self.st.blocks(grad), saved, (torch.sigmoid(logit) - y) * vf / nv.clamp(min=1).unsqueeze(1), self.act, masks)
+    if self.padded: grad.mul_(self.pmask)
+    self.opt.step(grad, nv > 0)
+    return (_bce(logit, y) * vf).sum(1), nv
+
+# %% ../nbs/01_trainer.ipynb #101cf07a
+@patch
+def train_epoch(self:BatchRun) -> torch.Tensor:
+    "Train every alive model for one epoch; returns their mean training loss."
+    Ma, bs = len(self.alive), self.bs
+    grad = torch.zeros_like(self.flat)
+    bufs = [with_ones((Ma, bs, d), self.dt, self.dev) for d in self.dims[1:-1]]     # reused by every step
+    rows, ok, steps = _epoch_rows([self.rngs[m] for m in self.alive], [self.data.splits[m][0] for m in self.alive], bs)
+    rows, ok = rows.to(self.dev), ok.to(self.dev)
+    tot, n = torch.zeros(Ma, dtype=self.dt, device=self.dev), torch.zeros(Ma, dtype=self.dt, device=self.dev)
+    for s in range(steps):
+        l, k = self.train_step(rows[:, s * bs:(s + 1) * bs], ok[:, s * bs:(s + 1) * bs], bufs, grad)
+        tot += l; n += k
+    return tot / n.clamp(min=1)
+
+# %% ../nbs/01_trainer.ipynb #3e14d0cf
+@patch
+def end_epoch(self:BatchRun, epoch:int, train_loss:torch.Tensor) -> bool:
+    "Validate, snapshot improved models, stop and compact patient ones; `False` when none is left."
+    vrows, vok = self.data.padded(1, self.alive)
+    blocks = self.st.blocks(self.flat)
+    vloss, vacc, _ = _eval_split(blocks, self.data, vrows, vok, self.data.y, self.act)
+    vloss, al = vloss.cpu(), torch.tensor(self.alive)             # early-stopping bookkeeping lives on the CPU
+    h = self.hist; h['train_loss'][self.alive, epoch] = train_loss.cpu().double().numpy()
+    h['val_loss'][self.alive, epoch] = vloss.double().numpy(); h['val_acc'][self.alive, epoch] = vacc.cpu().double().numpy()
+    better = vloss < self.best_loss[al]
+    if bool(better.any()):
+        for bb, fb in zip(self.best_st.blocks(self.best), blocks): bb[al[better].to(self.dev)] = fb[better.to(self.dev)]
+        self.best_loss[al[better]] = vloss[better]
+    self.wait[al] = torch.where(better, 0, self.wait[al] + 1)
+    if self.cfg.patience is None or not bool((stop := self.wait[al] >= self.cfg.patience).any()): return True
+    self.stopped_at[al[stop].numpy()] = epoch + 1
+    keep = (~stop).nonzero().flatten()
+    self.alive = [self.alive[i] for i in keep.tolist()]
+    if not self.alive: return False
+    new_st = LayerStack(self.dims, len(self.alive))
+    self.flat, self.pmask = self.st.select(self.flat, keep), self.st.select(self.pmask, keep)
+    self.opt.select(new_st, self.flat, keep); self.st = new_st
+    return True
+
+# %% ../nbs/01_trainer.ipynb #32d4b42d
 def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
     "Train `jobs` (one depth, activation, encoding) together; returns each job's best flat params, histories, stop epochs."
-    dt, M, bs, dev = cfg.torch_dtype, len(jobs), cfg.batch_size, cfg.torch_device
-    archs = [j.arch for j in jobs]; act = archs[0].activation; dims = _group_dims(archs)
-    check_arg(len({_batch_key(a) for a in archs}) == 1, 'jobs', 'architectures', 'one depth, activation, encoding, dropout and space per batch')
-    st, flat, pmask = pack_models([(j.init if j.init is not None else init_params(j.arch, j.seed)).to(dt) for j in jobs], archs, dims, dt)
-    padded, data, flat, pmask = bool((pmask == 0).any()), _Data(jobs, cfg, dt, dev), flat.to(dev), pmask.to(dev)
-    opt = BatchedAdam(st, flat, torch.tensor([j.lr for j in jobs], dtype=dt, device=dev))
-    rngs = [np.random.default_rng([int(j.seed), 0x5487]) for j in jobs]
-    drop_g = torch.Generator().manual_seed(sum(int(j.seed) for j in jobs) % 2**63)
-    alive = list(range(M))                                         # models still training, in batch order
-    best_st, best = st, flat.clone(); best_loss = torch.full((M,), math.inf, dtype=dt); wait = torch.zeros(M, dtype=torch.long)
-    hist = {k: np.full((M, cfg.max_epochs), np.nan) for k in ('train_loss', 'val_loss', 'val_acc')}
-    stopped_at = np.full(M, cfg.max_epochs)
+    run = BatchRun(jobs, cfg)
     for epoch in range(cfg.max_epochs):
-        Ma = len(alive); blocks = st.blocks(flat)
-        grad = torch.zeros_like(flat); gblocks = st.blocks(grad)
-        bufs = [with_ones((Ma, bs, d), dt, dev) for d in dims[1:-1]]
-        rows, ok, steps = _epoch_rows([rngs[m] for m in alive], [data.splits[m][0] for m in alive], bs)
-        rows, ok = rows.to(dev), ok.to(dev)
-        tr_loss = torch.zeros(Ma, dtype=dt, device=dev); tr_n = torch.zeros(Ma, dtype=dt, device=dev)
-        for s in range(steps):
-            r, v = rows[:, s * bs:(s + 1) * bs], ok[:, s * bs:(s + 1) * bs]
-            width = int(v.sum(1).max())                            # valid rows are a prefix: drop columns no model uses
-            if width < bs: r, v = r[:, :width], v[:, :width]
-            x, y, vf = _gather(data.X, r), data.y[r], v.to(dt); nv = vf.sum(1)
-            masks = None
-            if archs[0].dropout > 0:
-                p = archs[0].dropout
-                masks = [(torch.rand(Ma, width, d, generator=drop_g, dtype=dt) >= p).to(dt).to(dev) / (1 - p) for d in dims[1:-1]]
-            logit, saved = batched_forward(blocks, x, act, keep=True, drop_masks=masks,
-                                           bufs=bufs if width == bs else [b[:, :width] for b in bufs])
-            tr_loss += (_bce(logit, y) * vf).sum(1); tr_n += nv
-            batched_backward(blocks, gblocks, saved, (torch.sigmoid(logit) - y) * vf / nv.clamp(min=1).unsqueeze(1), act, masks)
-            if padded: grad.mul_(pmask)
-            opt.step(grad, nv > 0)
-        vrows, vok = data.padded(1, alive)
-        vloss, vacc, _ = _eval_split(blocks, data, vrows, vok, data.y, act)
-        vloss, al = vloss.cpu(), torch.tensor(alive)                 # early-stopping bookkeeping lives on the CPU
-        hist['train_loss'][alive, epoch] = (tr_loss / tr_n.clamp(min=1)).cpu().double().numpy()
-        hist['val_loss'][alive, epoch] = vloss.double().numpy(); hist['val_acc'][alive, epoch] = vacc.cpu().double().numpy()
-        better = vloss < best_loss[al]
-        if bool(better.any()):
-            for bb, fb in zip(best_st.blocks(best), blocks): bb[al[better].to(dev)] = fb[better.to(dev)]
-            best_loss[al[better]] = vloss[better]
-        wait[al] = torch.where(better, 0, wait[al] + 1)
-        if cfg.patience is not None and bool((stop := wait[al] >= cfg.patience).any()):
-            stopped_at[al[stop].numpy()] = epoch + 1
-            keep = (~stop).nonzero().flatten()
-            alive = [alive[i] for i in keep.tolist()]
-            if not alive: break
-            new_st = LayerStack(dims, len(alive))
-            flat, pmask = st.select(flat, keep), st.select(pmask, keep)
-            opt.select(new_st, flat, keep); st = new_st
-    best = best.cpu()
-    params = [unpack_model(best_st, best, m, jobs[m].arch) for m in range(M)]
-    return params, hist, stopped_at, data, dims
+        if not run.end_epoch(epoch, run.train_epoch()): break
+    best = run.best.cpu()
+    params = [unpack_model(run.best_st, best, m, j.arch) for m, j in enumerate(run.jobs)]
+    return params, run.hist, run.stopped_at, run.data, run.dims
 
 # %% ../nbs/01_trainer.ipynb #228724e9
 @torch.no_grad()
