@@ -23,6 +23,7 @@ import numpy as np, torch, zarr
 from torch import nn
 from tqdm import tqdm
 from fastcore.basics import patch
+from .sampler import InterpgenError
 from fastcore.script import call_parse, anno_parser
 
 # %% ../nbs/06_concepts.ipynb #4e51530d
@@ -47,13 +48,13 @@ def check_templates(templates, # question templates
                     need_after:bool=False, # each template needs text after its last `{concept}`
                    )->tuple:
     "Validate `templates`: non-empty, distinct, each with a `{concept}` placeholder (and text after it if `need_after`)."
-    if isinstance(templates, str) or not len(templates): raise ValueError(f"{arg}={templates!r} is not allowed: give a list of one or more templates")
+    if isinstance(templates, str) or not len(templates): raise InterpgenError(f"{arg}={templates!r} is not allowed: give a list of one or more templates")
     for i, t in enumerate(templates):
         if not isinstance(t, str) or '{concept}' not in t:
-            raise ValueError(f"{arg}[{i}]={t!r} is not allowed: every template must contain the placeholder {{concept}}")
+            raise InterpgenError(f"{arg}[{i}]={t!r} is not allowed: every template must contain the placeholder {{concept}}")
         if need_after and not t.rsplit('{concept}', 1)[1].strip():
-            raise ValueError(f"{arg}[{i}]={t!r} is not allowed with role after_concept: no text follows the last {{concept}}")
-    if len(set(templates)) < len(templates): raise ValueError(f"{arg}={list(templates)!r} is not allowed: templates must be distinct")
+            raise InterpgenError(f"{arg}[{i}]={t!r} is not allowed with role after_concept: no text follows the last {{concept}}")
+    if len(set(templates)) < len(templates): raise InterpgenError(f"{arg}={list(templates)!r} is not allowed: templates must be distinct")
     return tuple(templates)
 
 # %% ../nbs/06_concepts.ipynb #958452d3
@@ -146,7 +147,7 @@ class LM:
     revision: str      # its revision: commit, file hash or seed
     def __post_init__(self):
         if not getattr(self.tokenizer, 'is_fast', False):
-            raise ValueError(f"tokenizer of {self.name!r} is not allowed: a fast tokenizer is needed for character offsets")
+            raise InterpgenError(f"tokenizer of {self.name!r} is not allowed: a fast tokenizer is needed for character offsets")
         self.model.eval().requires_grad_(False)
     @property
     def n_layers(self)->int: return self.model.config.num_hidden_layers
@@ -169,7 +170,7 @@ def _offline(model):
     "Turn a failed offline load of `model` into an error that names it and says what is allowed."
     try: yield
     except OSError as e:
-        raise ValueError(f"model={model!r} is not allowed: it is not a built-in name ({', '.join(BUILTIN_GGUF)}), a local model folder, "
+        raise InterpgenError(f"model={model!r} is not allowed: it is not a built-in name ({', '.join(BUILTIN_GGUF)}), a local model folder, "
                          f"or a hub id in the local Hugging Face cache (nothing is downloaded) [{type(e).__name__}: {str(e).splitlines()[0]}]") from None
 
 def model_path(model:str=DEFAULT_MODEL, # built-in name, local folder or hub id
@@ -228,7 +229,7 @@ def tiny_lm(family:str='llama', # 'llama' or 'gpt2'
         cls, cfg = LlamaForCausalLM, LlamaConfig(hidden_size=d_model, intermediate_size=3*d_model, num_hidden_layers=n_layers,
                                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **ids)
     elif family == 'gpt2': cls, cfg = GPT2LMHeadModel, GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **ids)
-    else: raise ValueError(f"family={family!r} is not allowed: use 'llama' or 'gpt2'")
+    else: raise InterpgenError(f"family={family!r} is not allowed: use 'llama' or 'gpt2'")
     with torch.random.fork_rng(devices=[]):  # seeded, without touching the global random state
         torch.manual_seed(seed)
         model = cls(cfg)
@@ -252,7 +253,7 @@ def encode_question(tok, # a fast tokenizer
     ids, offs, special = enc['input_ids'], enc['offset_mapping'], enc['special_tokens_mask']
     cs, ce = q.span
     concept = [i for i, (s, e) in enumerate(offs) if not special[i] and s < ce and e > cs]
-    if not concept: raise ValueError(f"no token of {q.text!r} covers the concept at characters {cs}:{ce}")
+    if not concept: raise InterpgenError(f"no token of {q.text!r} covers the concept at characters {cs}:{ce}")
     real = [i for i in range(len(ids)) if not special[i]]
     pos = dict(concept=concept, after_concept=[i for i in real if i > concept[-1]], last=real[-1:])
     return Encoded(list(ids), [(i, ROLES.index(r), *offs[i]) for r in roles for i in pos[r]])
@@ -287,7 +288,7 @@ def _find(module, names, what):
         m = module
         for p in n.split('.'): m = getattr(m, p, None)
         if m is not None: return m
-    raise ValueError(f"cannot find the {what} of {type(module).__name__} (looked for {', '.join(names)}): "
+    raise InterpgenError(f"cannot find the {what} of {type(module).__name__} (looked for {', '.join(names)}): "
                      "supported are Llama-family and GPT-2-family causal LMs")
 
 def find_blocks(model:nn.Module)->nn.ModuleList:
@@ -448,7 +449,7 @@ def chat(lm:LM, # a model with a chat template
         )->tuple:
     "The model's sampled answer to `prompt` through its chat template, and whether it finished (not cut at `max_new_tokens`)."
     tok = lm.tokenizer
-    if not getattr(tok, 'chat_template', None): raise ValueError(f"model={lm.name!r} is not allowed for related concepts: it has no chat template; give the control concepts instead")
+    if not getattr(tok, 'chat_template', None): raise InterpgenError(f"model={lm.name!r} is not allowed for related concepts: it has no chat template; give the control concepts instead")
     text = tok.apply_chat_template([{'role': 'user', 'content': prompt}], add_generation_prompt=True, tokenize=False) + prefix
     enc = tok(text, return_tensors='pt', add_special_tokens=False)
     with torch.random.fork_rng(devices=[]), quiet_hf():
@@ -514,7 +515,7 @@ class ConceptConfig:
     chunk_rows: int = None                      # rows per chunk; None: about 4 MB per chunk
 
 # %% ../nbs/06_concepts.ipynb #4ad3ea03
-def _bad(key, value, allowed): return ValueError(f"{key}={value!r} is not allowed: {allowed}")
+def _bad(key, value, allowed): return InterpgenError(f"{key}={value!r} is not allowed: {allowed}")
 
 def _names(key, value, allowed):
     if isinstance(value, str) or not value or len(set(value)) < len(value) or any(v not in allowed for v in value):
@@ -524,7 +525,7 @@ def _names(key, value, allowed):
 # %% ../nbs/06_concepts.ipynb #f49ed0d4
 @patch
 def validate(self:ConceptConfig, n_layers:int=None)->ConceptConfig:
-    "Check every field (layers against `n_layers` when given); raise `ValueError` naming the key, value and what is allowed."
+    "Check every field (layers against `n_layers` when given); raise `InterpgenError` naming the key, value and what is allowed."
     if not isinstance(self.concept, str) or not self.concept.strip(): raise _bad('concept', self.concept, 'a non-empty concept name')
     if self.controls is not None:
         keys = [concept_key(c) if isinstance(c, str) else '' for c in self.controls]
@@ -744,7 +745,7 @@ def _open_existing(out:Path, key:str, overwrite:bool):
     except Exception: info = None
     if info is not None and info.get('collection_sha256') == key: return g
     if out.exists():
-        if not overwrite: raise ValueError(f"out={str(out)!r} is not allowed: it holds " + ("a different collection" if info else "something that is not an interpgen concept store") + "; choose a new path or overwrite it")
+        if not overwrite: raise InterpgenError(f"out={str(out)!r} is not allowed: it holds " + ("a different collection" if info else "something that is not an interpgen concept store") + "; choose a new path or overwrite it")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     return None
 
@@ -769,7 +770,7 @@ def load_acts(path, site:str, layer:int)->np.ndarray:
     "Activations of `site` at model layer `layer` for every row  # [rows, d]"
     g = open_store(path)
     layers = g['layers'][:].tolist()
-    if layer not in layers: raise ValueError(f"layer={layer!r} is not allowed: the store holds layers {layers}")
+    if layer not in layers: raise InterpgenError(f"layer={layer!r} is not allowed: the store holds layers {layers}")
     return g[f'acts/{site}'][:, layers.index(layer)]
 
 # %% ../nbs/06_concepts.ipynb #fd7870eb
@@ -888,9 +889,9 @@ def parse_layers(spec:str, # 'all', or layers and ranges such as '0,5,10-12'
         for part in str(spec).split(','):
             a, _, b = part.strip().partition('-')
             out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError: raise ValueError(f"layers={spec!r} is not allowed: use 'all' or numbers and ranges like 0,5,10-12") from None
+    except ValueError: raise InterpgenError(f"layers={spec!r} is not allowed: use 'all' or numbers and ranges like 0,5,10-12") from None
     if not out or any(not 0 <= l < n_layers for l in out) or len(set(out)) < len(out):
-        raise ValueError(f"layers={spec!r} is not allowed: distinct layer numbers from 0 to {n_layers-1} (the model has {n_layers} layers)")
+        raise InterpgenError(f"layers={spec!r} is not allowed: distinct layer numbers from 0 to {n_layers-1} (the model has {n_layers} layers)")
     return tuple(out)
 
 # %% ../nbs/06_concepts.ipynb #0dacdc49
@@ -929,13 +930,13 @@ def interpgen_concepts(
     if check:
         report = check_store(check); print(report)
         return 0 if report.ok else 1
-    if not concept: raise ValueError(f"concept={concept!r} is not allowed: give the target concept, e.g. --concept France")
+    if not concept: raise InterpgenError(f"concept={concept!r} is not allowed: give the target concept, e.g. --concept France")
     if threads: torch.set_num_threads(threads)
     cfg = ConceptConfig(concept, controls=_items(concepts), templates=tuple(_items(templates, '|') or DEFAULT_TEMPLATES), sites=_items(sites),
                         roles=_items(roles), batch_size=batch_size, n_concepts=n_concepts, category=category, seed=seed, dtype=dtype,
                         padding_side=padding_side)
     try: cfg.validate()
-    except ValueError as e: raise ValueError(re.sub(r'^controls=', '--concepts: controls=', str(e))) from None
+    except ValueError as e: raise InterpgenError(re.sub(r'^controls=', '--concepts: controls=', str(e))) from None
     cfg.layers = parse_layers(layers, model_n_layers(model))
     lm = load_lm(model)
     path = collect_concepts(lm, cfg, out, progress=not quiet, overwrite=overwrite)
