@@ -417,7 +417,10 @@ class PatternDataset:
 # %% ../nbs/00_sampler.ipynb #76bf0653
 def _draw_listed(rng, pool, k, used:set):
     "Up to `k` distinct codes drawn uniformly without replacement from `pool` minus `used`."
-    avail = pool if not used else pool[~np.isin(pool, np.fromiter(used, np.int64, len(used)))]
+    if used and len(pool):                                  # a mask over the codes: linear in the pool, order kept
+        u = np.fromiter(used, np.int64, len(used)); taken = np.zeros(int(pool.max()) + 1, bool)
+        taken[u[u < len(taken)]] = True; avail = pool[~taken[pool]]
+    else: avail = pool
     return avail if len(avail) <= k else rng.choice(avail, size=k, replace=False)
 
 def _draw_generated(rng, gen, keep, k, used:set, space, max_rounds=60):
@@ -462,12 +465,27 @@ class PatternDatasetSampler:
     def __repr__(self): return f"PatternDatasetSampler({self.vocab_size}x{self.seq_len}, {len(self.patterns)} patterns, seed={self.seed})"
 
 # %% ../nbs/00_sampler.ipynb #cc45300c
+@patch(as_prop=True)
+def _bits(self:PatternDatasetSampler):
+    "Per listed code: its membership row as one integer bit mask, and per pattern its sorted codes (built once)."
+    if '_bits_cache' not in self.__dict__:
+        m = self.all_membership
+        bits = (m.astype(np.uint64) << np.arange(m.shape[1], dtype=np.uint64)).sum(1, dtype=np.uint64) if m.shape[1] <= 64 else None
+        self._bits_cache = (bits, [np.flatnonzero(m[:, j]).astype(np.int64) for j in range(m.shape[1])])
+    return self._bits_cache
+
 def _pool_codes(self:PatternDatasetSampler, must:int|None, avoid:list[int]) -> np.ndarray:
-    "Codes (listed space) satisfying pattern column `must` (any sequence if None) and none of the columns in `avoid`."
-    m = self.all_membership
-    ok = np.ones(len(m), bool) if must is None else m[:, must].copy()
-    if avoid: ok &= ~m[:, avoid].any(1)
-    return np.flatnonzero(ok).astype(np.int64)
+    "Codes (listed space, ascending) satisfying pattern column `must` (any sequence if None) and none of the columns in `avoid`."
+    bits, pools = self._bits
+    if bits is None:                                        # more than 64 patterns: scan the membership table
+        m = self.all_membership
+        ok = np.ones(len(m), bool) if must is None else m[:, must].copy()
+        if avoid: ok &= ~m[:, avoid].any(1)
+        return np.flatnonzero(ok).astype(np.int64)
+    mask = np.uint64(sum(1 << j for j in avoid))
+    if must is None: return np.flatnonzero((bits & mask) == 0).astype(np.int64)
+    pool = pools[must]
+    return pool[(bits[pool] & mask) == 0] if avoid else pool
 
 @patch
 def _pool_draw(self:PatternDatasetSampler, rng, must:int|None, avoid:list[int], k:int, used:set) -> np.ndarray:
