@@ -11,9 +11,12 @@ from fastcore.script import call_parse, Param
 from .sampler import *
 from .trainer import bench_trainer, shutdown_pools
 from .extractor import bench_extractor
+from .pipeline import DatasetGenerationPipeline, DEFAULT_CONFIG_YAML, bench_pipeline
+from .store import open_zoo
 
 # %% auto #0
-__all__ = ['friendly_errors', 'interpgen_sample', 'interpgen_sigset', 'interpgen_bench']
+__all__ = ['WORKLOADS', 'friendly_errors', 'interpgen_sample', 'interpgen_sigset', 'interpgen_generate', 'interpgen_info',
+           'interpgen_bench']
 
 # %% ../nbs/08_cli.ipynb #a499b80d
 @contextmanager
@@ -59,6 +62,47 @@ def interpgen_sigset(out:str='signature_dataset.json', # where to write the JSON
         h = save_signature_dataset(sd, out)
     print(f"wrote {out}: {len(sd)} sequences over {len(sd.pattern_names)} patterns, sha256 {h}")
 
+# %% ../nbs/08_cli.ipynb #fada90a3
+@call_parse
+def interpgen_generate(config:str=None, # a YAML config file or a preset (`default`, `reference`); default: the default config
+                       out:str='zoo.zarr', # the zoo to create or resume
+                       n:int=None, # records (overrides the config's `size`)
+                       seed:int=None, # seed (overrides the config's `seed`)
+                       workers:int=1, # processes; the records do not depend on it
+                       overwrite:bool=False, # replace a zoo made with another config
+                       print_config:bool=False, # print the default config (with comments) and exit
+                       quiet:bool=False): # no progress bar
+    "Generate a zoo of subject-model records (deterministic, resumable) into a Zarr store."
+    if print_config: print(DEFAULT_CONFIG_YAML, end=''); return
+    t0 = time.perf_counter()
+    with friendly_errors('interpgen_generate'):
+        pipe = DatasetGenerationPipeline(config, size=n, seed=seed)
+        zoo = pipe.run(out, workers=workers, overwrite=overwrite, progress=not quiet)
+        info = zoo.info()
+    shutdown_pools()
+    el = time.perf_counter() - t0
+    print(f"{out}: {info['written']} records ({', '.join(info['models'])}), {info['bytes_per_record']:,} bytes/record, "
+          f"{info['candidates']} candidates, rejection rate {info['rejection_rate']:.1%}; this run {el:.1f} s")
+
+# %% ../nbs/08_cli.ipynb #2cbd08be
+def _flat(d:dict, prefix='') -> list:
+    "Rows `(key, value)` of a nested dict, keys joined with dots."
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not all(isinstance(x, (int, float)) for x in v.values()): out += _flat(v, f'{prefix}{k}.')
+        elif isinstance(v, dict): out.append((f'{prefix}{k}', ', '.join(f'{a}={b}' for a, b in v.items())))
+        else: out.append((f'{prefix}{k}', v))
+    return out
+
+@call_parse
+def interpgen_info(store:str, # the zoo to describe
+                   json_out:bool=False): # print the summary as JSON
+    "Print a zoo's summary: size, config hash, pattern and target counts, metric distributions, rejection rate."
+    with friendly_errors('interpgen_info'): info = open_zoo(store).info()
+    if json_out: print(json.dumps(info, indent=1)); return
+    w = max(len(k) for k, _ in _flat(info))
+    for k, v in _flat(info): print(f'{k.ljust(w)}  {v}')
+
 # %% ../nbs/08_cli.ipynb #053c9df6
 def _table(rows:list) -> str:
     "A plain-text table of dict rows."
@@ -67,22 +111,27 @@ def _table(rows:list) -> str:
     line = lambda r: '  '.join(str(r.get(c, '')).rjust(w[c]) for c in cols)
     return '\n'.join([line({c: c for c in cols}), line({c: '-' * w[c] for c in cols})] + [line(r) for r in rows])
 
+WORKLOADS = ('small', 'reference', 'signatures', 'zoo', 'zoo-reference')
+
 @call_parse
-def interpgen_bench(workloads:str='small,reference,signatures', # comma-separated: `small`, `reference` (training), `signatures`
+def interpgen_bench(workloads:str='small,reference,signatures', # comma-separated: `small`, `reference` (training), `signatures`, `zoo`, `zoo-reference` (generation)
                     n_models:int=256, # models per training workload
+                    n_records:int=None, # records per generation workload (default: the config's size)
                     n_signature_models:int=1000, # models for the `signatures` workload
                     workers:int=2, # processes for the batched trainer
                     per_model:bool=True, # also run the per-model loop (slow)
                     out:str=None): # also write the rows as JSON here
-    "Benchmark the batched trainer against a per-model PyTorch loop, and signature extraction; print tables."
+    "Benchmark the batched trainer against a per-model PyTorch loop, signature extraction and zoo generation; print tables."
     wl = _names(workloads); rows = []
     with friendly_errors('interpgen_bench'):
-        for w in wl: check_arg(w in ('small', 'reference', 'signatures'), 'workloads', w, "'small', 'reference' or 'signatures'")
-        train = [w for w in wl if w != 'signatures']
+        for w in wl: check_arg(w in WORKLOADS, 'workloads', w, f'one of {WORKLOADS}')
+        train = [w for w in wl if w in ('small', 'reference')]
         if train: rows += bench_trainer(train, n_models=n_models, workers=workers, per_model=per_model)
         if 'signatures' in wl: rows += bench_extractor(n_signature_models)
+        for w in wl:
+            if w.startswith('zoo'): rows.append(bench_pipeline('default' if w == 'zoo' else 'reference', size=n_records, workers=workers))
     shutdown_pools()
-    for kind in ('training', 'signatures'):
-        part = [r for r in rows if ('stage' in r) == (kind == 'signatures')]
+    for kind in ('training', 'signatures', 'generate'):
+        part = [r for r in rows if r.get('stage', 'training') == kind]
         if part: print(f"\n{kind}:"); print(_table(part))
     if out: Path(out).write_text(json.dumps(rows, indent=1))
