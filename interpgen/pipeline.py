@@ -14,7 +14,7 @@ import yaml
 from fastcore.basics import patch
 from .sampler import (InterpgenError, check_arg, PATTERNS, PatternDatasetSampler, PatternDataset, SignatureDataset,
                                content_hash, get_patterns, load_signature_dataset)
-from .trainer import (SubjectArch, TrainJob, TrainConfig, SubjectModelTrainer, split_indices, worker_pool,
+from .trainer import (SubjectArch, TrainJob, TrainConfig, SubjectModelTrainer, split_codes, worker_pool,
                                ACTIVATIONS, ENCODINGS, QUANTIZATIONS, PeakMemory)
 from .extractor import ActivationSignatureExtractor, parse_methods
 from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_zoo, check_writable_parent,
@@ -23,9 +23,8 @@ from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_
 # %% auto #0
 __all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'ModelSection', 'DatasetSection', 'TrainingSection',
            'CorruptionSection', 'ModifiedSection', 'SignatureSection', 'StoreSection', 'GenerationConfig',
-           'config_from_dict', 'load_config', 'Candidate', 'make_candidate', 'corruption_region', 'corrupt',
-           'split_codes', 'quality', 'build_candidate', 'train_candidates', 'generate_shard',
-           'DatasetGenerationPipeline', 'bench_pipeline']
+           'config_from_dict', 'load_config', 'Candidate', 'make_candidate', 'corruption_region', 'corrupt', 'quality',
+           'build_candidate', 'train_candidates', 'generate_shard', 'DatasetGenerationPipeline', 'bench_pipeline']
 
 # %% ../nbs/04_pipeline.ipynb #5dda77a4
 DEFAULT_CONFIG_YAML = """\
@@ -347,12 +346,6 @@ def corrupt(ds:PatternDataset, target:str, rate:float, split:np.ndarray, seed:in
     counts.update(target_positives=int(ds.membership[:, t].sum()), eligible=int(len(eligible)), flipped=int(len(flip)))
     return labels, counts
 
-def split_codes(n:int, seed:int, shares) -> np.ndarray:
-    "Per example: 0 train, 1 validation, 2 test (the trainer's `split_indices`)."
-    out = np.zeros(n, np.int8)
-    for c, idx in enumerate(split_indices(n, seed, shares)): out[idx] = c
-    return out
-
 # %% ../nbs/04_pipeline.ipynb #3fa21f67
 def quality(subject:dict, modified:dict, patterns:list, target:str, cfg:CorruptionSection) -> dict:
     "The filter's verdict on one pair, from the two models' test metrics."
@@ -545,14 +538,14 @@ def run(self:DatasetGenerationPipeline,
     def tick(st):
         tot['candidates'] += st['candidates']; tot['rejected'] += st['rejected']
         bar.set_postfix(rejected=f"{tot['rejected'] / max(1, tot['candidates']):.0%}"); bar.update(st['records'])
-    args = (c.to_dict(), str(path), sd.content())
+    task = lambda s: (c.to_dict(), s, str(path), sd.content())     # `_shard_task`'s arguments for shard `s`
     try:
         if workers == 1 or len(todo) <= 1:
-            for s in todo: tick(_shard_task(args[0], s, args[1], args[2]))
+            for s in todo: tick(_shard_task(*task(s)))
         else:
             from concurrent.futures import as_completed
             pool = worker_pool(workers)
-            futs = [pool.submit(_shard_task, args[0], s, args[1], args[2]) for s in todo]
+            futs = [pool.submit(_shard_task, *task(s)) for s in todo]
             for f in as_completed(futs): tick(f.result())
     finally: bar.close()
     return open_zoo(path)

@@ -77,6 +77,8 @@ class ZooSchema:
         check_arg(0 <= s < self.n_shards, 'shard', s, f'0 <= shard < {self.n_shards}')
         return range(s * self.shard_records, min(self.n_records, (s + 1) * self.shard_records))
     def to_dict(self) -> dict: return asdict(self) | dict(models=list(self.models))
+    @classmethod
+    def from_dict(cls, d:dict): return cls(**{**d, 'models': tuple(d['models'])})
 
 # %% ../nbs/03_store.ipynb #e68c5e24
 @patch
@@ -132,14 +134,9 @@ def check_writable_parent(path) -> Path:
 def package_versions() -> dict:
     "Versions of the packages that shape a zoo's content."
     import importlib.metadata as md
-    v = lambda n: md.version(n) if _installed(n) else None
-    return dict(python=sys.version.split()[0], interpgen=v('interpgen'), torch=torch.__version__, numpy=np.__version__,
-                zarr=zarr.__version__)
-
-def _installed(name):
-    import importlib.metadata as md
-    try: md.version(name); return True
-    except md.PackageNotFoundError: return False
+    try: ours = md.version('interpgen')
+    except md.PackageNotFoundError: ours = None                  # run from a checkout that is not installed
+    return dict(python=sys.version.split()[0], interpgen=ours, torch=torch.__version__, numpy=np.__version__, zarr=zarr.__version__)
 
 def create_zoo(path, # the store folder to create (must not exist)
                schema:ZooSchema, # array shapes
@@ -168,7 +165,7 @@ def write_shard(g:zarr.Group, # the zoo, opened for writing
                 stats:dict # JSON statistics of the shard (candidates, rejections, seconds, ...)
                ):
     "Write every record of `shard`, then mark it done with its `stats`."
-    schema = ZooSchema(**{**g.attrs['schema'], 'models': tuple(g.attrs['schema']['models'])})
+    schema = ZooSchema.from_dict(g.attrs['schema'])
     rng = schema.shard_range(shard)
     check_arg([r.index for r in records] == list(rng), 'records', [r.index for r in records][:5], f'the records {rng.start}..{rng.stop - 1} in order')
     blocks = {k: np.full((len(rng), *tail), fill, dtype=object if dtype == 'str' else dtype)
@@ -196,7 +193,7 @@ class Zoo:
         check_arg(is_zoo(self.path), 'path', str(path), f'a folder holding an interpgen zoo ({FORMAT})')
         self.g = zarr.open_group(self.path, mode='r')
         self.attrs = dict(self.g.attrs)
-        self.schema = ZooSchema(**{**self.attrs['schema'], 'models': tuple(self.attrs['schema']['models'])})
+        self.schema = ZooSchema.from_dict(self.attrs['schema'])
         self.pattern_names = list(self.attrs['pattern_names'])
         self.columns = tuple(self.attrs['signature']['columns'])
     def __len__(self): return self.schema.n_records

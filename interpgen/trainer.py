@@ -16,9 +16,9 @@ from .sampler import InterpgenError, check_arg, PatternDataset
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'ENCODINGS', 'QUANTIZATIONS', 'BENCH_WORKLOADS', 'SubjectArch', 'encode', 'subject_logits',
            'SubjectModel', 'save_subject_model', 'load_subject_model', 'param_shapes', 'flatten_state',
-           'unflatten_state', 'init_params', 'TrainJob', 'TrainConfig', 'split_indices', 'LayerStack', 'pack_models',
-           'unpack_model', 'with_ones', 'batched_forward', 'batched_backward', 'BatchedAdam', 'BatchRun', 'train_batch',
-           'evaluate', 'quantize_tensor', 'quantize_flat', 'TrainResult', 'plan_batches', 'worker_pool',
+           'unflatten_state', 'init_params', 'TrainJob', 'TrainConfig', 'split_indices', 'split_codes', 'LayerStack',
+           'pack_models', 'unpack_model', 'with_ones', 'batched_forward', 'batched_backward', 'BatchedAdam', 'BatchRun',
+           'train_batch', 'evaluate', 'quantize_tensor', 'quantize_flat', 'TrainResult', 'plan_batches', 'worker_pool',
            'shutdown_pools', 'SubjectModelTrainer', 'train_reference', 'PeakMemory', 'bench_jobs', 'bench_trainer']
 
 # %% ../nbs/01_trainer.ipynb #22ac1693
@@ -205,6 +205,12 @@ def split_indices(n:int, seed:int, shares=(0.7, 0.15, 0.15)) -> tuple:
     perm = np.random.default_rng([int(seed), 0x5EED]).permutation(n)
     n_val, n_test = max(1, int(round(shares[1] * n))), max(1, int(round(shares[2] * n)))
     return perm[:n - n_val - n_test], perm[n - n_val - n_test:n - n_test], perm[n - n_test:]
+
+def split_codes(n:int, seed:int, shares=(0.7, 0.15, 0.15)) -> np.ndarray:
+    "Per example: 0 train, 1 validation, 2 test (the same split as `split_indices`)."
+    out = np.zeros(n, np.int8)
+    for c, idx in enumerate(split_indices(n, seed, shares)): out[idx] = c
+    return out
 
 def _check_job(j:TrainJob, i:int):
     seqs, y = np.asarray(j.seqs), np.asarray(j.labels)
