@@ -13,10 +13,12 @@ from .trainer import bench_trainer, shutdown_pools
 from .extractor import bench_extractor
 from .pipeline import DatasetGenerationPipeline, DEFAULT_CONFIG_YAML, bench_pipeline
 from .store import open_zoo
+from .formatter import (TrainingDataFormatter, export_examples, evaluate_predictions, DEFAULT_MODEL, bench_formatter,
+                                 EXPORT_FORMATS, TASKS)
 
 # %% auto #0
 __all__ = ['WORKLOADS', 'friendly_errors', 'interpgen_sample', 'interpgen_sigset', 'interpgen_generate', 'interpgen_info',
-           'interpgen_bench']
+           'interpgen_bench', 'interpgen_export', 'interpgen_evaluate']
 
 # %% ../nbs/08_cli.ipynb #a499b80d
 @contextmanager
@@ -111,12 +113,13 @@ def _table(rows:list) -> str:
     line = lambda r: '  '.join(str(r.get(c, '')).rjust(w[c]) for c in cols)
     return '\n'.join([line({c: c for c in cols}), line({c: '-' * w[c] for c in cols})] + [line(r) for r in rows])
 
-WORKLOADS = ('small', 'reference', 'signatures', 'zoo', 'zoo-reference')
+WORKLOADS = ('small', 'reference', 'signatures', 'zoo', 'zoo-reference', 'prompts')
 
 @call_parse
-def interpgen_bench(workloads:str='small,reference,signatures', # comma-separated: `small`, `reference` (training), `signatures`, `zoo`, `zoo-reference` (generation)
+def interpgen_bench(workloads:str='small,reference,signatures', # comma-separated: `small`, `reference` (training), `signatures`, `zoo`, `zoo-reference` (generation), `prompts` (needs `--store`)
                     n_models:int=256, # models per training workload
-                    n_records:int=None, # records per generation workload (default: the config's size)
+                    n_records:int=None, # records per generation workload (default: the config's size); for `prompts`, records measured
+                    store:str=None, # the zoo whose prompt lengths the `prompts` workload measures
                     n_signature_models:int=1000, # models for the `signatures` workload
                     workers:int=2, # processes for the batched trainer
                     per_model:bool=True, # also run the per-model loop (slow)
@@ -130,8 +133,76 @@ def interpgen_bench(workloads:str='small,reference,signatures', # comma-separate
         if 'signatures' in wl: rows += bench_extractor(n_signature_models)
         for w in wl:
             if w.startswith('zoo'): rows.append(bench_pipeline('default' if w == 'zoo' else 'reference', size=n_records, workers=workers))
+        if 'prompts' in wl:
+            check_arg(store is not None, 'store', store, 'a zoo to measure, e.g. --store zoo.zarr (with the prompts workload)')
+            rows += [dict(stage='prompts', **r) for r in bench_formatter(store, n=n_records)]
     shutdown_pools()
-    for kind in ('training', 'signatures', 'generate'):
+    for kind in ('training', 'signatures', 'generate', 'prompts'):
         part = [r for r in rows if r.get('stage', 'training') == kind]
         if part: print(f"\n{kind}:"); print(_table(part))
     if out: Path(out).write_text(json.dumps(rows, indent=1))
+
+# %% ../nbs/08_cli.ipynb #6330693b
+def _formatter(style, number_format, precision, signature_precision, signature_columns, compact) -> TrainingDataFormatter:
+    return TrainingDataFormatter(style=style, number_format=number_format, precision=precision, signature_precision=signature_precision,
+                                 signature_columns=_names(signature_columns), compact=compact)
+
+def _shares(s:str) -> tuple:
+    try: return tuple(float(x) for x in s.split(','))
+    except ValueError: raise InterpgenError(f"shares={s!r} is not allowed: three comma-separated numbers, e.g. 0.8,0.1,0.1") from None
+
+@call_parse
+def interpgen_export(store:str, # the zoo to export
+                     out:str=None, # the folder to write (required)
+                     task:str='modification', # `classification` or `modification`
+                     format:str='jsonl', # `jsonl`, `parquet` or `hf`
+                     style:str='separate', # `separate` or `interwoven`
+                     number_format:str='scaled', # `scaled` (integers in units of 10^-precision) or `fixed` (decimals)
+                     precision:int=3, # decimal places of weights
+                     signature_precision:int=2, # decimal places of signature values
+                     signature_columns:str=None, # comma-separated signature columns or methods to keep (default: all)
+                     compact:bool=False, # no neuron labels
+                     shares:str='0.8,0.1,0.1', # train, validation, test shares of records
+                     split_seed:int=0, # seed of the record split
+                     holdout_patterns:str=None, # comma-separated patterns whose records all go to test
+                     max_tokens:int=None, # drop examples longer than this (prompt + completion tokens)
+                     tokenizer:str=DEFAULT_MODEL, # tokenizer for the counts: a built-in name, a local folder, or `none`
+                     overwrite:bool=False, # replace `out`
+                     quiet:bool=False): # no progress bar
+    "Export a zoo's prompt/completion examples as a Hugging Face dataset (jsonl, parquet or hf), split by record."
+    t0 = time.perf_counter()
+    with friendly_errors('interpgen_export'):
+        check_arg(out is not None, 'out', out, 'a folder to write, e.g. --out prompts')
+        info = export_examples(store, task, out, format, _formatter(style, number_format, precision, signature_precision, signature_columns, compact),
+                               _shares(shares), split_seed, tuple(_names(holdout_patterns) or ()), max_tokens,
+                               None if tokenizer == 'none' else tokenizer, overwrite, progress=not quiet)
+    print(f"{out}: {task} examples as {format}: " + ', '.join(f'{s} {n}' for s, n in info['counts'].items())
+          + (f"; {info['dropped_over_budget']} over the budget of {max_tokens} tokens dropped" if max_tokens else '')
+          + f" ({time.perf_counter() - t0:.1f} s)")
+    rows = [dict(tokens=k, **v) for k, v in info['tokens'].items() if v]
+    if rows: print(_table([{k: (f'{v:,.0f}' if isinstance(v, float) else v) for k, v in r.items()} for r in rows]))
+
+# %% ../nbs/08_cli.ipynb #7a79aaa0
+@call_parse
+def interpgen_evaluate(store:str, # the zoo the prompts came from
+                       predictions:str=None, # JSON lines: `index` (or `metadata`) and `completion` (or `prediction`)
+                       task:str='modification', # `classification` or `modification`
+                       number_format:str='scaled', # the number format of the prompts (modification)
+                       precision:int=3, # the weights precision of the prompts (modification)
+                       n_per_pattern:int=100, # benchmark positives per pattern (modification)
+                       seed:int=0, # benchmark seed
+                       json_out:str=None, # write the full scores (every record) as JSON here
+                       quiet:bool=False): # no progress bar
+    "Score an interpreter's answers: classification (exact match, Jaccard, per-pattern F1) or modification (parse rate, gain)."
+    with friendly_errors('interpgen_evaluate'):
+        check_arg(predictions is not None, 'predictions', predictions, 'a JSON-lines file of answers, e.g. --predictions answers.jsonl')
+        f = TrainingDataFormatter(number_format=number_format, precision=precision)
+        s = evaluate_predictions(store, task, predictions, f, n_per_pattern, seed, progress=not quiet)
+    if json_out: Path(json_out).write_text(json.dumps(s, indent=1))
+    fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)
+    print(' '.join(f'{k}={fmt(v)}' for k, v in s.items() if k not in ('records', 'per_pattern', 'task')))
+    if task == 'classification':
+        print(_table([dict(pattern=p, **{k: fmt(v) for k, v in r.items()}) for p, r in s['per_pattern'].items() if r['support'] or r['precision'] is not None]))
+    else:
+        bad = [r for r in s['records'] if not r['parsed']]
+        if bad: print(f"{len(bad)} answers did not parse; the first: record {bad[0]['index']}: {bad[0]['error']}")
