@@ -16,13 +16,14 @@ from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
 from .trainer import SubjectArch, SubjectModel, evaluate, param_shapes, unflatten_state
 from .extractor import ActivationSignature
 from .store import ZooRecord, Zoo, open_zoo, check_writable_parent
+from .pipeline import TASKS
 
 # %% auto #0
-__all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'TASKS', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS',
-           'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter', 'pattern_line', 'parse_patterns',
-           'cache_dir', 'builtin_gguf', 'load_tokenizer', 'count_tokens', 'reference_layout_text', 'record_split',
-           'zoo_candidates', 'iter_examples', 'export_examples', 'load_predictions', 'score_classification',
-           'score_modification', 'evaluate_predictions', 'bench_formatter']
+__all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'NumberFormat',
+           'arch_text', 'layer_header', 'TrainingDataFormatter', 'pattern_line', 'parse_patterns', 'cache_dir',
+           'builtin_gguf', 'load_tokenizer', 'count_tokens', 'reference_layout_text', 'record_split', 'zoo_candidates',
+           'iter_examples', 'export_examples', 'load_predictions', 'score_classification', 'score_modification',
+           'evaluate_predictions', 'bench_formatter']
 
 # %% ../nbs/05_formatter.ipynb #fc5168c0
 NUMBER_FORMATS = ('scaled', 'fixed')
@@ -107,7 +108,6 @@ LAYER_RE = re.compile(r'\[layer (\d+)( \(output\))?: (\d+) -> (\d+)\]')
 
 # %% ../nbs/05_formatter.ipynb #eabdabdf
 STYLES = ('separate', 'interwoven')
-TASKS = ('classification', 'modification')
 
 @dataclass(frozen=True)
 class TrainingDataFormatter:

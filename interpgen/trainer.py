@@ -180,7 +180,8 @@ class TrainConfig:
     quantization:str|None=None # post-training: `int8`, `int4`, `ternary`, `binary` or None
     models_per_batch:int=128 # models trained together (fixed batches make results independent of workers)
     device:str='auto' # `auto` (CUDA if present, else CPU), `cpu`, `cuda`
-    dtype:str='float32' # `float32` or `float64`
+    dtype:str='float32' # `float32` or `float64`: weights, Adam, losses and validation
+    matmul_dtype:str|None=None # `bfloat16`: training-step matmuls and activations in bfloat16 (fast on AVX512-BF16 CPUs); None: `dtype`
     threads:int|None=1 # torch threads per process on CPU (1 is fastest for these tiny ops; add workers instead)
 
     def __post_init__(self):
@@ -192,11 +193,14 @@ class TrainConfig:
         check_arg(self.quantization in (None, *QUANTIZATIONS), 'quantization', self.quantization, f'None or one of {QUANTIZATIONS}')
         check_arg(self.device in ('auto', 'cpu', 'cuda'), 'device', self.device, "'auto', 'cpu' or 'cuda'")
         check_arg(self.dtype in ('float32', 'float64'), 'dtype', self.dtype, "'float32' or 'float64'")
+        check_arg(self.matmul_dtype in (None, 'bfloat16'), 'matmul_dtype', self.matmul_dtype, "None or 'bfloat16'")
     @property
     def torch_device(self) -> torch.device:
         return torch.device('cuda' if self.device == 'cuda' or (self.device == 'auto' and torch.cuda.is_available()) else 'cpu')
     @property
     def torch_dtype(self): return getattr(torch, self.dtype)
+    @property
+    def torch_matmul_dtype(self): return getattr(torch, self.matmul_dtype or self.dtype)
 
 # %% ../nbs/01_trainer.ipynb #b2bcb819
 def split_indices(n:int, seed:int, shares=(0.7, 0.15, 0.15)) -> tuple:
@@ -374,6 +378,7 @@ class _Data:
     def __init__(self, jobs, cfg, dtype, device='cpu'):
         enc = [encode(j.seqs, j.arch, dtype) for j in jobs]
         self.X = torch.cat([torch.cat([e, torch.ones(len(e), 1, dtype=dtype)], 1) for e in enc]).to(device)
+        self.Xc = self.X.to(cfg.torch_matmul_dtype)                # what training steps read (exact: one-hot, small integers)
         self.y = torch.cat([torch.as_tensor(np.asarray(j.labels), dtype=dtype) for j in jobs]).to(device)
         self.device = device
         offs = np.cumsum([0] + [len(j.seqs) for j in jobs])
@@ -431,14 +436,19 @@ def train_step(self:BatchRun, r, v, bufs, grad) -> tuple:
     "One optimiser step on rows `r  # [M_alive, bs]` with validity `v`; returns per-model loss sums and counts."
     width = int(v.sum(1).max())
     if width < self.bs: r, v, bufs = r[:, :width], v[:, :width], [b[:, :width] for b in bufs]
-    x, y, vf = _gather(self.data.X, r), self.data.y[r], v.to(self.dt); nv = vf.sum(1)
+    mm = self.cfg.torch_matmul_dtype
+    x, y, vf = _gather(self.data.Xc, r), self.data.y[r], v.to(self.dt); nv = vf.sum(1)
     masks = None
     if self.dropout > 0:
         p, Ma = self.dropout, len(self.alive)
-        masks = [(torch.rand(Ma, width, d, generator=self.drop_g, dtype=self.dt) >= p).to(self.dt).to(self.dev) / (1 - p) for d in self.dims[1:-1]]
+        masks = [(torch.rand(Ma, width, d, generator=self.drop_g, dtype=self.dt) >= p).to(mm).to(self.dev) / (1 - p) for d in self.dims[1:-1]]
     blocks = self.st.blocks(self.flat)
+    if mm != self.dt: blocks = [b.to(mm) for b in blocks]          # bfloat16 copies of the weights for this step
     logit, saved = batched_forward(blocks, x, self.act, keep=True, drop_masks=masks, bufs=bufs)
-    batched_backward(blocks, self.st.blocks(grad), saved, (torch.sigmoid(logit) - y) * vf / nv.clamp(min=1).unsqueeze(1), self.act, masks)
+    logit = logit.to(self.dt)
+    g = grad if mm == self.dt else torch.empty_like(grad, dtype=mm)
+    batched_backward(blocks, self.st.blocks(g), saved, ((torch.sigmoid(logit) - y) * vf / nv.clamp(min=1).unsqueeze(1)).to(mm), self.act, masks)
+    if g is not grad: grad.copy_(g)
     if self.padded: grad.mul_(self.pmask)
     self.opt.step(grad, nv > 0)
     return (_bce(logit, y) * vf).sum(1), nv
@@ -449,7 +459,7 @@ def train_epoch(self:BatchRun) -> torch.Tensor:
     "Train every alive model for one epoch; returns their mean training loss."
     Ma, bs = len(self.alive), self.bs
     grad = torch.zeros_like(self.flat)
-    bufs = [with_ones((Ma, bs, d), self.dt, self.dev) for d in self.dims[1:-1]]     # reused by every step
+    bufs = [with_ones((Ma, bs, d), self.cfg.torch_matmul_dtype, self.dev) for d in self.dims[1:-1]]     # reused by every step
     rows, ok, steps = _epoch_rows([self.rngs[m] for m in self.alive], [self.data.splits[m][0] for m in self.alive], bs)
     rows, ok = rows.to(self.dev), ok.to(self.dev)
     tot, n = torch.zeros(Ma, dtype=self.dt, device=self.dev), torch.zeros(Ma, dtype=self.dt, device=self.dev)
@@ -719,6 +729,7 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
                   n_models:int=256, # models per workload, trained by both paths
                   workers:int=2, # processes for the batched trainer
                   per_model:bool=True, # also time the per-model loop
+                  bf16:bool=True, # also time the batched trainer with bfloat16 matmuls (`TrainConfig.matmul_dtype`)
                   log=print) -> list: # one row per workload and path
     "Time the per-model loop and the batched trainer on the same models; returns table rows."
     rows = []
@@ -727,12 +738,14 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
         log(f"worker pool ({workers} processes) started in {time.perf_counter() - t0:.1f} s (once per session, not counted)")
     for wl in workloads:
         jobs, cfg = bench_jobs(wl, n_models)
-        paths = ([('per-model loop', 1)] if per_model else []) + [('batched, 1 process', 1)] + ([(f'batched, {workers} processes', workers)] if workers > 1 else [])
-        for name, w in paths:
+        paths = ([('per-model loop', 1, None)] if per_model else []) + [('batched, 1 process', 1, None)] + (
+            [(f'batched, {workers} processes', workers, None)] if workers > 1 else []) + (
+            [(f'batched, bf16 matmuls, {workers} process{"es" if workers > 1 else ""}', workers, 'bfloat16')] if bf16 else [])
+        for name, w, mm in paths:
             with PeakMemory() as pm:
                 t0 = time.perf_counter()
                 if name == 'per-model loop': res = [train_reference(j, cfg) for j in jobs]
-                else: res = SubjectModelTrainer(cfg).fit(jobs, workers=w)
+                else: res = SubjectModelTrainer(replace(cfg, matmul_dtype=mm)).fit(jobs, workers=w)
                 el = time.perf_counter() - t0
             rows.append(dict(workload=wl, path=name, models=len(jobs), seconds=round(el, 2), models_per_s=round(len(jobs) / el, 1),
                              peak_mb=round(pm.peak_mb), mean_test_acc=round(float(np.mean([r.metrics['acc'] for r in res])), 4),
