@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .sampler import (InterpgenError, check_arg, PATTERNS, PatternDatasetSampler, PatternDataset, SignatureDataset,
                                content_hash, get_patterns, load_signature_dataset)
 from .trainer import (SubjectArch, TrainJob, TrainConfig, SubjectModelTrainer, split_codes, worker_pool,
-                               ACTIVATIONS, ENCODINGS, QUANTIZATIONS, PeakMemory)
+                               ACTIVATIONS, ENCODINGS, QUANTIZATIONS, INITS, PeakMemory)
 from .extractor import ActivationSignatureExtractor, parse_methods
 from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_zoo, check_writable_parent,
                              record_hash, signature_dataset_from, Zoo)
@@ -58,6 +58,7 @@ training:
   split: [0.7, 0.15, 0.15]   # train / validation / test; the test split keeps clean labels
   quantization: null      # int8, int4, ternary, binary or null
   models_per_batch: 128
+  init: he                # initial weights: he (variance 2/fan_in for relu/gelu: deep stacks learn) or torch (nn.Linear's)
 corruption:               # modification records only
   rate: [0.2, 0.5]        # share of the target's eligible training positives flipped to 0
   mode: region            # region (one region of sequence space: a consistent blind spot) or random (uniform, the reference's)
@@ -141,7 +142,7 @@ class DatasetSection:
 class TrainingSection:
     "How every subject model is trained (the trainer's `TrainConfig`)."
     batch_size:int=64; max_epochs:int=20; patience:int|None=5; split:tuple=(0.7, 0.15, 0.15); quantization:str|None=None
-    models_per_batch:int=128
+    models_per_batch:int=128; init:str='he'
     def __post_init__(self):
         for k in ('batch_size', 'max_epochs', 'models_per_batch'): setattr(self, k, _num(getattr(self, k), f'training.{k}', 1, None, int))
         self.patience = _num(self.patience, 'training.patience', 1, None, int, none=True)
@@ -149,9 +150,10 @@ class TrainingSection:
                   and abs(sum(self.split) - 1) < 1e-9, 'training.split', self.split, '[train, validation, test] positive shares summing to 1')
         self.split = tuple(float(s) for s in self.split)
         check_arg(self.quantization in (None, *QUANTIZATIONS), 'training.quantization', self.quantization, f'null or one of {list(QUANTIZATIONS)}')
+        check_arg(self.init in INITS, 'training.init', self.init, f'one of {list(INITS)}')
     def train_config(self, **kw) -> TrainConfig:
         return TrainConfig(batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience, split=self.split,
-                           quantization=self.quantization, models_per_batch=self.models_per_batch, device='cpu', **kw)
+                           quantization=self.quantization, models_per_batch=self.models_per_batch, init=self.init, device='cpu', **kw)
 
 CORRUPTION_MODES = ('region', 'random')
 
@@ -273,7 +275,7 @@ PRESETS = {
     # corruption 0.3, degradation threshold 0.05, batch 128
     'reference': dict(size=1024, model=dict(layers=[6, 9], width=[25, 40], activations=['relu', 'gelu']),
                       dataset=dict(patterns_per_model=[2, 5], samples_per_pattern=100, max_total_examples=500),
-                      training=dict(batch_size=32, max_epochs=40, patience=8),   # at batch 128 and 20 epochs (60 steps) these models learn nothing
+                      training=dict(batch_size=128, max_epochs=20, patience=5),   # the reference's training settings
                       corruption=dict(rate=0.3, min_degradation_threshold=0.05, max_attempts=64),
                       store=dict(chunk_records=32, shard_records=256)),
 }

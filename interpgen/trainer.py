@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .sampler import InterpgenError, check_arg, PatternDataset
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'ENCODINGS', 'QUANTIZATIONS', 'BENCH_WORKLOADS', 'SubjectArch', 'encode', 'subject_logits',
+__all__ = ['ACTIVATIONS', 'ENCODINGS', 'INITS', 'QUANTIZATIONS', 'BENCH_WORKLOADS', 'SubjectArch', 'encode', 'subject_logits',
            'SubjectModel', 'save_subject_model', 'load_subject_model', 'param_shapes', 'flatten_state',
            'unflatten_state', 'init_params', 'TrainJob', 'TrainConfig', 'split_indices', 'split_codes', 'LayerStack',
            'pack_models', 'unpack_model', 'with_ones', 'batched_forward', 'batched_backward', 'BatchedAdam', 'BatchRun',
@@ -138,13 +138,20 @@ def unflatten_state(flat:torch.Tensor, arch:SubjectArch) -> dict:
     check_arg(s == len(flat), 'flat', len(flat), f'{s} parameters for {arch}')
     return out
 
-def init_params(arch:SubjectArch, seed:int, dtype=torch.float32) -> torch.Tensor:
-    "Seeded initial flat parameters: uniform in `+-1/sqrt(fan_in)` per layer, like `nn.Linear`."
+INITS = ('torch', 'he')
+
+def init_params(arch:SubjectArch, seed:int, dtype=torch.float32,
+                scheme:str='torch') -> torch.Tensor: # `torch`: like `nn.Linear`; `he`: weights scaled for depth
+    "Seeded initial flat parameters, uniform per layer: biases in `+-1/sqrt(fan_in)`; weights too (`torch`) or with variance `gain**2/fan_in` (`he`)."
+    check_arg(scheme in INITS, 'init', scheme, f'one of {INITS}')
     g = torch.Generator().manual_seed(int(seed) % 2**63)
-    parts = []
-    for i, o in param_shapes(arch):
-        bound = 1 / math.sqrt(i)
-        parts.append((torch.rand(i * o + o, generator=g, dtype=torch.float64) * 2 - 1) * bound)
+    parts, shapes = [], param_shapes(arch)
+    for l, (i, o) in enumerate(shapes):
+        u = torch.rand(i * o + o, generator=g, dtype=torch.float64) * 2 - 1     # the same draws for both schemes
+        gain = math.sqrt(2) if l < len(shapes) - 1 and arch.activation in ('relu', 'gelu', 'leaky_relu') else 1.0
+        u[:i * o] *= 1 / math.sqrt(i) if scheme == 'torch' else gain * math.sqrt(3 / i)
+        u[i * o:] *= 1 / math.sqrt(i)
+        parts.append(u)
     return torch.cat(parts).to(dtype)
 
 # %% ../nbs/01_trainer.ipynb #f072f27f
@@ -181,6 +188,7 @@ class TrainConfig:
     models_per_batch:int=128 # models trained together (fixed batches make results independent of workers)
     device:str='auto' # `auto` (CUDA if present, else CPU), `cpu`, `cuda`
     dtype:str='float32' # `float32` or `float64`: weights, Adam, losses and validation
+    init:str='torch' # initial weights of jobs without `init`: `torch` (like `nn.Linear`) or `he` (trains deep relu/gelu stacks)
     matmul_dtype:str|None=None # `bfloat16`: training-step matmuls and activations in bfloat16 (fast on AVX512-BF16 CPUs); None: `dtype`
     threads:int|None=1 # torch threads per process on CPU (1 is fastest for these tiny ops; add workers instead)
 
@@ -193,6 +201,7 @@ class TrainConfig:
         check_arg(self.quantization in (None, *QUANTIZATIONS), 'quantization', self.quantization, f'None or one of {QUANTIZATIONS}')
         check_arg(self.device in ('auto', 'cpu', 'cuda'), 'device', self.device, "'auto', 'cpu' or 'cuda'")
         check_arg(self.dtype in ('float32', 'float64'), 'dtype', self.dtype, "'float32' or 'float64'")
+        check_arg(self.init in INITS, 'init', self.init, f'one of {INITS}')
         check_arg(self.matmul_dtype in (None, 'bfloat16'), 'matmul_dtype', self.matmul_dtype, "None or 'bfloat16'")
     @property
     def torch_device(self) -> torch.device:
@@ -417,7 +426,7 @@ class BatchRun:
         archs = [j.arch for j in jobs]
         check_arg(len({_batch_key(a) for a in archs}) == 1, 'jobs', 'architectures', 'one depth, activation, encoding, dropout and space per batch')
         self.act, self.dropout, self.dims = archs[0].activation, archs[0].dropout, _group_dims(archs)
-        inits = [(j.init if j.init is not None else init_params(j.arch, j.seed)).to(self.dt) for j in jobs]
+        inits = [(j.init if j.init is not None else init_params(j.arch, j.seed, scheme=cfg.init)).to(self.dt) for j in jobs]
         self.st, flat, pmask = pack_models(inits, archs, self.dims, self.dt)
         self.padded, self.flat, self.pmask = bool((pmask == 0).any()), flat.to(self.dev), pmask.to(self.dev)
         self.data = _Data(jobs, cfg, self.dt, self.dev)
@@ -654,7 +663,7 @@ def train_reference(job:TrainJob, cfg:TrainConfig) -> TrainResult:
     if cfg.threads and cfg.torch_device.type == 'cpu': torch.set_num_threads(cfg.threads)
     dt = cfg.torch_dtype; arch = job.arch
     model = SubjectModel(arch).to(dt)
-    model.load_state_dict(unflatten_state((job.init if job.init is not None else init_params(arch, job.seed)).to(dt), arch))
+    model.load_state_dict(unflatten_state((job.init if job.init is not None else init_params(arch, job.seed, scheme=cfg.init)).to(dt), arch))
     tr, va, te = split_indices(len(job.seqs), job.seed, cfg.split)
     X, y = encode(job.seqs, arch, dt), torch.as_tensor(np.asarray(job.labels), dtype=dt)
     dl = DataLoader(TensorDataset(X[tr], y[tr]), batch_size=cfg.batch_size, shuffle=True,
