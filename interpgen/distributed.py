@@ -11,7 +11,7 @@ from .trainer import worker_pool, shutdown_pools
 from .pipeline import DatasetGenerationPipeline, _shard_task
 
 # %% auto #0
-__all__ = ['DASK_CONFIG', 'connect', 'tune_malloc', 'local_cluster', 'dask_shards', 'bench_distributed']
+__all__ = ['DASK_CONFIG', 'BENCH_WAYS', 'connect', 'tune_malloc', 'local_cluster', 'dask_shards', 'bench_distributed']
 
 # %% ../nbs/04a_distributed.ipynb #e59f4744
 def connect(scheduler, # a scheduler address, a scheduler file (`.json`) or a `distributed.Client`
@@ -92,38 +92,45 @@ def _time_tasks(submit, n:int) -> float:
     t0 = time.perf_counter(); [f.result() for f in [submit(_noop, i) for i in range(n)]]
     return round((time.perf_counter() - t0) / n * 1e3, 2)
 
-def bench_distributed(config='default', # preset name, YAML path, dict or config
-                      size:int|None=None, # records (default: the config's size)
-                      n_empty:int=500, # empty tasks for the per-task cost
-                      log=print) -> list: # rows of figures
-    "Time one zoo run per way of running it (in-process, local pool, Dask `LocalCluster`) and the cost per task."
+def _bench_cluster(n:int, cfg:dict) -> tuple:
+    "A `LocalCluster` of `n` worker processes started under Dask config `cfg`, its client, and its start-up seconds."
     import dask
     from distributed import Client, LocalCluster
-    pipe = DatasetGenerationPipeline(config, size=size); rows, first = [], None
-    def timed(way, workers, start_s=None, **kw):
-        nonlocal first
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter(); zoo = pipe.run(f'{d}/zoo.zarr', workers=1 if kw else workers, progress=False, **kw)
-            el = time.perf_counter() - t0; h = zoo.hashes()
+    t0 = time.perf_counter(); saved = dict(os.environ)
+    with dask.config.set(cfg): cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    os.environ.clear(); os.environ.update(saved)     # the nanny also puts its pre-spawn variables in this process's environment
+    client = Client(cluster); client.wait_for_workers(n)
+    return cluster, client, round(time.perf_counter() - t0, 1)
+
+BENCH_WAYS = [('in-process', 1, None), ('local pool', 2, None), ('Dask LocalCluster', 1, DASK_CONFIG), ('Dask LocalCluster', 2, DASK_CONFIG),
+              ("Dask, Dask's malloc setting", 2, {'distributed.nanny.pre-spawn-environ.INTERPGEN_TUNE_MALLOC': '0'}),
+              ("Dask, Dask's malloc setting + tune_malloc", 2, {})]   # (way, workers, Dask config or None for no Dask)
+
+def bench_distributed(config='default', # preset name, YAML path, dict or config
+                      size:int|None=None, # records (default: the config's size)
+                      repeat:int=2, # runs per way; the fastest counts (the machine may be shared)
+                      n_empty:int=500, # empty tasks for the per-task cost
+                      log=print) -> tuple: # `(rows of figures, milliseconds per empty task)`
+    "Time one zoo run per way of running it (in-process, local pool, Dask `LocalCluster`) and the cost per task."
+    pipe = DatasetGenerationPipeline(config, size=size); rows, first, per_task = [], None, {}
+    for way, n, cfg in BENCH_WAYS:
+        best = start = None
+        for _ in range(repeat):                          # every run starts its workers afresh: worker start-up is included
+            cluster, client, start = _bench_cluster(n, cfg) if cfg is not None else (None, None, None)
+            try:
+                with tempfile.TemporaryDirectory() as d:
+                    t0 = time.perf_counter()
+                    zoo = pipe.run(f'{d}/zoo.zarr', workers=1 if client else n, scheduler=client, progress=False)
+                    el = time.perf_counter() - t0; h = zoo.hashes()
+                if way == 'local pool': per_task.setdefault('local pool', _time_tasks(worker_pool(2).submit, n_empty))
+                if cfg is DASK_CONFIG and n == 2: per_task.setdefault('Dask', _time_tasks(lambda f, i: client.submit(f, i, pure=False), n_empty))
+            finally:
+                shutdown_pools()
+                if client: client.close(); cluster.close()
+            best = el if best is None else min(best, el)
         first = first or h
-        rows.append(dict(way=way, workers=workers, shards=zoo.schema.n_shards, records=len(h), cluster_start_s=start_s, seconds=round(el, 1),
-                         records_per_min=round(len(h) / el * 60), same_records=h == first))
+        rows.append(dict(way=way, workers=n, shards=zoo.schema.n_shards, records=len(h), cluster_start_s=start, seconds=round(best, 1),
+                         records_per_min=round(len(h) / best * 60), same_records=h == first, load_1min=round(os.getloadavg()[0], 1)))
         log(' | '.join(f'{k}={v}' for k, v in rows[-1].items()))
-    timed('in-process', 1)
-    timed('local pool', 2)
-    per_task = dict(pool=_time_tasks(worker_pool(2).submit, n_empty)); shutdown_pools()
-    for way, n, cfg, env in [('Dask LocalCluster', 1, DASK_CONFIG, {}), ('Dask LocalCluster', 2, DASK_CONFIG, {}),
-                             ("Dask, Dask's malloc setting", 2, {}, {'INTERPGEN_TUNE_MALLOC': '0'}),
-                             ("Dask, Dask's malloc setting + tune_malloc", 2, {}, {})]:
-        env_cfg = {f'distributed.nanny.pre-spawn-environ.{k}': v for k, v in env.items()}
-        t0 = time.perf_counter(); saved = dict(os.environ)
-        with dask.config.set({**cfg, **env_cfg}):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        os.environ.clear(); os.environ.update(saved)             # the nanny also sets its pre-spawn variables here; keep them out of the next cluster
-        with cluster, Client(cluster) as client:
-            client.wait_for_workers(n); start = round(time.perf_counter() - t0, 1)
-            timed(way, n, start, scheduler=client)
-            if n == 2 and not env and cfg: per_task['dask'] = _time_tasks(lambda f, i: client.submit(f, i, pure=False), n_empty)
-    rows.append(dict(way='empty task round trip, ms', workers=2, **{k: v for k, v in per_task.items()}))
-    log(f"per task (empty task, submitted and waited for): local pool {per_task['pool']} ms, Dask {per_task.get('dask')} ms")
-    return rows
+    for k, v in per_task.items(): log(f'{k}: {v} ms per empty task (submitted and waited for, {n_empty} tasks, 2 workers)')
+    return rows, per_task

@@ -91,27 +91,35 @@ def test_killed_worker_is_replaced_and_the_zoo_equals_the_local_run(ref, client,
     out = tmp_path / 'zoo.zarr'
     pipe = DatasetGenerationPipeline(CFG)
     res = {}
-    t = threading.Thread(target=lambda: res.update(zoo=pipe.run(out, scheduler=client, progress=False)))
+    def run():
+        try: res['zoo'] = pipe.run(out, scheduler=client, progress=False)
+        except BaseException as e: res['error'] = e
+    t = threading.Thread(target=run)
     t.start()
     pids = client.run(os.getpid)                                   # worker address -> pid
-    victim = lost = None; t0 = time.time()
-    while t.is_alive() and time.time() - t0 < 300:               # the first shard lands: kill a worker that has shards in hand
-        try: done = {i for i, s in enumerate(zarr.open_group(out, mode='r')['shards'][:].tolist()) if s}
-        except Exception: done = set()
-        if done:
-            busy = {w: ks for w, ks in client.processing().items() if ks}
-            if busy:
-                victim = next(iter(busy)); os.kill(pids[victim], signal.SIGKILL)
-                in_hand = {int(k.split('-')[2]) for k in busy[victim]}
-                lost = in_hand - {i for i, s in enumerate(zarr.open_group(out, mode='r')['shards'][:].tolist()) if s}
-            break
+    shard_of = lambda key: int(key.split('-')[2])                  # keys are interpgen-shard-{shard}-{run}
+    def done():
+        try: return {i for i, s in enumerate(zarr.open_group(out, mode='r')['shards'][:].tolist()) if s}
+        except Exception: return set()
+    victim, lost, t0 = None, set(), time.time()
+    while t.is_alive() and time.time() - t0 < 300:               # once the first shard lands, kill a worker with an unfinished shard in hand
+        d = done()
+        if d:
+            in_hand = {w: {shard_of(k) for k in ks} - d for w, ks in client.processing().items()}
+            victim = next((w for w, s in in_hand.items() if s), None)
+            if victim:
+                os.kill(pids[victim], signal.SIGKILL)
+                lost = in_hand[victim] - done()                    # what it had not finished when it died
+                break
         time.sleep(0.01)
     t.join()
-    assert victim is not None and lost, 'no worker had an unfinished shard when the first one landed'
+    assert victim is not None, 'the run ended before a worker could be killed'
+    assert 'error' not in res, res.get('error')
     zoo = res['zoo']
     same_store(ref, out)                                           # every record once, in its place, as in the local run
     for s in lost: assert zoo.shard_stats()[s]['worker'] != f'{socket.gethostname()}:{pids[victim]}'   # written again elsewhere
     client.wait_for_workers(2)                                     # the nanny started a new worker in its place
+    assert pids[victim] not in client.run(os.getpid).values()
 
 
 def test_a_second_run_on_the_same_zoo_is_refused(ref, cfg_file, tmp_path):
