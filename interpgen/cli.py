@@ -67,10 +67,11 @@ def interpgen_sigset(out:str='signature_dataset.json', # where to write the JSON
 # %% ../nbs/08_cli.ipynb #fada90a3
 @call_parse
 def interpgen_generate(config:str=None, # a YAML config file or a preset (`default`, `reference`); default: the default config
-                       out:str='zoo.zarr', # the zoo to create or resume
+                       out:str='zoo.zarr', # the zoo to create or resume: a folder or an fsspec URL
                        n:int=None, # records (overrides the config's `size`)
                        seed:int=None, # seed (overrides the config's `seed`)
                        workers:int=1, # processes; the records do not depend on it
+                       scheduler:str=None, # a Dask scheduler address (tcp://host:8786) or scheduler file: run the shards on that cluster
                        overwrite:bool=False, # replace a zoo made with another config
                        print_config:bool=False, # print the default config (with comments) and exit
                        quiet:bool=False): # no progress bar
@@ -79,7 +80,7 @@ def interpgen_generate(config:str=None, # a YAML config file or a preset (`defau
     t0 = time.perf_counter()
     with friendly_errors('interpgen_generate'):
         pipe = DatasetGenerationPipeline(config, size=n, seed=seed)
-        zoo = pipe.run(out, workers=workers, overwrite=overwrite, progress=not quiet)
+        zoo = pipe.run(out, workers=workers, overwrite=overwrite, progress=not quiet, scheduler=scheduler)
         info = zoo.info()
     shutdown_pools()
     el = time.perf_counter() - t0

@@ -4,7 +4,8 @@
 
 # %% ../nbs/04_pipeline.ipynb #89bf0c75
 from __future__ import annotations
-import json, math, os, shutil, time
+import json, math, os, shutil, socket, time
+from contextlib import closing, nullcontext
 from collections import Counter
 from dataclasses import dataclass, asdict, field, fields, replace, is_dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from .sampler import (InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
 from .trainer import (SubjectArch, TrainJob, TrainConfig, SubjectModelTrainer, split_codes, worker_pool,
                                ACTIVATIONS, ENCODINGS, QUANTIZATIONS, INITS, PeakMemory)
 from .extractor import ActivationSignatureExtractor, parse_methods
-from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_zoo, check_writable_parent,
-                             record_hash, signature_dataset_from, Zoo)
+from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_zoo, zoo_state, check_writable_parent,
+                             record_hash, signature_dataset_from, Zoo, StoreLocation, RunLock)
 
 # %% auto #0
 __all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'ModelSection', 'DatasetSection', 'TrainingSection',
@@ -460,12 +461,19 @@ def generate_shard(cfg:GenerationConfig, # the run's config
     return records, stats
 
 # %% ../nbs/04_pipeline.ipynb #619f24a5
-def _shard_task(cfg_dict:dict, shard:int, path:str, sd_content:dict) -> dict:
-    "Worker entry: make shard `shard` and write it into the zoo at `path`; returns its stats."
-    import zarr
-    cfg = config_from_dict(cfg_dict)
+def _shard_task(cfg_dict:dict, shard:int, url:str, sd_content:dict) -> dict:
+    "Worker entry: make shard `shard` and write it into the zoo at `url`; returns its stats."
+    cfg = config_from_dict(cfg_dict); loc = StoreLocation(url)
+    where = f'{socket.gethostname()}:{os.getpid()}'
+    if zoo_state(loc) != 'zoo': raise InterpgenError(
+        f"the process {where} cannot see the zoo at {url} (is it on a file system or object store that every worker can reach?)")
     records, stats = generate_shard(cfg, shard, signature_dataset_from(sd_content))
-    write_shard(zarr.open_group(path, mode='r+'), shard, records, stats)
+    g = loc.open_group('r+')
+    if g.attrs.get('config_hash') != cfg.hash: raise InterpgenError(
+        f"shard {shard} was not written: the zoo at {url} now holds another config ({str(g.attrs.get('config_hash'))[:12]}..., "
+        f"this task's is {cfg.hash[:12]}...); another run replaced it")
+    stats = dict(stats, worker=where)
+    write_shard(g, shard, records, stats)
     return stats
 
 class DatasetGenerationPipeline:
@@ -497,60 +505,79 @@ def schema(self:DatasetGenerationPipeline, n_columns:int) -> ZooSchema:
 
 # %% ../nbs/04_pipeline.ipynb #8a04dee3
 @patch
-def prepare(self:DatasetGenerationPipeline, out, overwrite:bool=False) -> tuple:
+def prepare(self:DatasetGenerationPipeline,
+            out, # the zoo: a folder or URL
+            overwrite:bool=False, # replace a zoo made with another config
+            lock:RunLock|None=None # the run lock, held by the caller (`run`); None: hold it for this call only
+           ) -> tuple:
     "Check `out` and create or reopen the zoo there; returns `(path, signature dataset, shards still to make)`."
-    c = self.config; path = check_writable_parent(out)
-    if path.exists():
-        if not is_zoo(path): raise InterpgenError(
-            f"out={str(path)!r} is not allowed: it exists and is not an interpgen zoo; choose another path (nothing there was touched)")
-        old = open_zoo(path).attrs.get('config_hash')
-        if old != c.hash:
+    c = self.config; loc = StoreLocation(out)
+    if loc.local: check_writable_parent(loc.root)
+    with (nullcontext() if lock is not None else RunLock(loc, config_hash=c.hash)):
+        state = zoo_state(loc)
+        if state == 'other': raise InterpgenError(
+            f"out={loc.url!r} is not allowed: it exists and is not an interpgen zoo; choose another path (nothing there was touched)")
+        if state == 'zoo' and (old := open_zoo(loc).attrs.get('config_hash')) != c.hash:
             if not overwrite: raise InterpgenError(
-                f"out={str(path)!r} holds a zoo made with another config (hash {str(old)[:12]}..., this run's is {c.hash[:12]}...); "
+                f"out={loc.url!r} holds a zoo made with another config (hash {str(old)[:12]}..., this run's is {c.hash[:12]}...); "
                 f"pass --overwrite to replace it, or choose another --out (nothing was touched)")
-            shutil.rmtree(path)
-    sd = self.signature_dataset()
-    if not path.exists():
-        ex = _extractor(c, sd)
-        attrs = dict(config=c.to_dict(), config_hash=c.hash, pattern_names=list(_sampler(c).pattern_names),
-                     signature=dict(dataset=sd.content(), sha256=sd.sha256, columns=list(ex.columns),
-                                    config=ex.layout(SubjectArch()).config))
-        create_zoo(path, self.schema(len(ex.columns)), attrs)
-    zoo = open_zoo(path)
-    check_arg(zoo.attrs['signature']['sha256'] == sd.sha256, 'signature.path', c.signature.path, 'the signature dataset this zoo was made with')
-    done = set(zoo.done_shards())
-    return path, sd, [s for s in range(zoo.schema.n_shards) if s not in done]
+            loc.remove(); state = 'missing'
+        sd = self.signature_dataset()
+        if state != 'zoo':                                       # nothing there, or an unfinished creation at a URL
+            ex = _extractor(c, sd)
+            attrs = dict(config=c.to_dict(), config_hash=c.hash, pattern_names=list(_sampler(c).pattern_names),
+                         signature=dict(dataset=sd.content(), sha256=sd.sha256, columns=list(ex.columns),
+                                        config=ex.layout(SubjectArch()).config))
+            create_zoo(loc, self.schema(len(ex.columns)), attrs)
+        zoo = open_zoo(loc)
+        check_arg(zoo.attrs['signature']['sha256'] == sd.sha256, 'signature.path', c.signature.path, 'the signature dataset this zoo was made with')
+        done = set(zoo.done_shards())
+    return loc.path, sd, [s for s in range(zoo.schema.n_shards) if s not in done]
 
 # %% ../nbs/04_pipeline.ipynb #bf31b907
+def _pool_shards(workers:int, tasks:list):
+    "Run `_shard_task(*t)` for every `t` on `workers` local processes; yields each shard's stats as it finishes."
+    from concurrent.futures import as_completed
+    futs = [worker_pool(workers).submit(_shard_task, *t) for t in tasks]
+    try:
+        for f in as_completed(futs): yield f.result()
+    finally:
+        for f in futs: f.cancel()
+
 @patch
 def run(self:DatasetGenerationPipeline,
-        out='zoo.zarr', # the zoo to create or resume
-        workers:int=1, # processes; the records do not depend on it
+        out='zoo.zarr', # the zoo to create or resume: a folder or an fsspec URL
+        workers:int=1, # local processes; the records do not depend on it
         overwrite:bool=False, # replace a zoo made with another config
-        progress:bool=True # show a progress bar
+        progress:bool=True, # show a progress bar
+        scheduler=None # a Dask scheduler address, scheduler file or `distributed.Client`: run the shards on that cluster (chapter 04a)
        ) -> Zoo:
     "Make every missing shard of the zoo at `out`; returns the finished `Zoo`."
     check_arg(isinstance(workers, int) and workers >= 1, 'workers', workers, 'an integer >= 1')
-    path, sd, todo = self.prepare(out, overwrite)
-    c = self.config; zoo = open_zoo(path)
-    from tqdm.auto import tqdm
-    done_records = c.size - sum(len(zoo.schema.shard_range(s)) for s in todo)
-    bar = tqdm(total=c.size, initial=done_records, unit='rec', disable=not progress, desc='records', smoothing=0)
-    tot = dict(candidates=0, rejected=0)
-    def tick(st):
-        tot['candidates'] += st['candidates']; tot['rejected'] += st['rejected']
-        bar.set_postfix(rejected=f"{tot['rejected'] / max(1, tot['candidates']):.0%}"); bar.update(st['records'])
-    task = lambda s: (c.to_dict(), s, str(path), sd.content())     # `_shard_task`'s arguments for shard `s`
-    try:
-        if workers == 1 or len(todo) <= 1:
-            for s in todo: tick(_shard_task(*task(s)))
-        else:
-            from concurrent.futures import as_completed
-            pool = worker_pool(workers)
-            futs = [pool.submit(_shard_task, *task(s)) for s in todo]
-            for f in as_completed(futs): tick(f.result())
-    finally: bar.close()
-    return open_zoo(path)
+    check_arg(scheduler is None or workers == 1, 'workers', workers, '1 when a Dask scheduler is given (the cluster decides how many)')
+    c = self.config; loc = StoreLocation(out)
+    if loc.local: check_writable_parent(loc.root)
+    with RunLock(loc, config_hash=c.hash) as lock:
+        path, sd, todo = self.prepare(loc, overwrite, lock=lock)
+        zoo = open_zoo(loc)
+        from tqdm.auto import tqdm
+        done_records = c.size - sum(len(zoo.schema.shard_range(s)) for s in todo)
+        bar = tqdm(total=c.size, initial=done_records, unit='rec', disable=not progress, desc='records', smoothing=0)
+        tot = dict(candidates=0, rejected=0)
+        def tick(st):
+            tot['candidates'] += st['candidates']; tot['rejected'] += st['rejected']
+            bar.set_postfix(rejected=f"{tot['rejected'] / max(1, tot['candidates']):.0%}"); bar.update(st['records'])
+        tasks = [(c.to_dict(), s, loc.url, sd.content()) for s in todo]      # `_shard_task`'s arguments, one tuple per shard
+        if scheduler is not None and tasks:
+            from interpgen.distributed import dask_shards       # chapter 04a; imported only when asked, so dask stays optional here
+            results = dask_shards(scheduler, tasks)
+        elif workers == 1 or len(tasks) <= 1: results = (_shard_task(*t) for t in tasks)
+        else: results = _pool_shards(workers, tasks)
+        try:
+            with closing(results):
+                for st in results: lock.check(); tick(st)
+        finally: bar.close()
+    return open_zoo(loc)
 
 # %% ../nbs/04_pipeline.ipynb #7c85acda
 def bench_pipeline(config='default', # preset name, YAML path, dict or config

@@ -4,9 +4,11 @@
 
 # %% ../nbs/03_store.ipynb #b83e1e14
 from __future__ import annotations
-import hashlib, json, os, shutil, sys, tempfile
+import hashlib, json, os, shutil, socket, sys, tempfile, threading, time, uuid
 from dataclasses import dataclass, asdict, field
+from datetime import datetime, timezone
 from pathlib import Path
+import fsspec
 import numpy as np
 import torch
 import zarr
@@ -17,9 +19,9 @@ from .trainer import SubjectArch, SubjectModel, unflatten_state
 from .extractor import ActivationSignature, SignatureLayout
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'ZooRecord', 'ZooSchema', 'record_arrays', 'record_hash', 'is_zoo',
-           'check_writable_parent', 'package_versions', 'create_zoo', 'write_shard', 'signature_dataset_from', 'Zoo',
-           'open_zoo']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'CREATING', 'LOCK_LEASE', 'ZooRecord', 'ZooSchema', 'record_arrays', 'record_hash',
+           'StoreLocation', 'zoo_state', 'is_zoo', 'check_writable_parent', 'package_versions', 'create_zoo',
+           'lock_is_live', 'RunLock', 'write_shard', 'signature_dataset_from', 'Zoo', 'open_zoo']
 
 # %% ../nbs/03_store.ipynb #067cb1f5
 @dataclass
@@ -115,12 +117,53 @@ def record_hash(rec:ZooRecord) -> str:
     return h.hexdigest()
 
 # %% ../nbs/03_store.ipynb #3712d5d4
+class StoreLocation:
+    "Where a zoo lives: a local folder (a path or `file://` URL) or an fsspec URL (`memory://`, `s3://`, `gs://`, ...)."
+    def __init__(self, out): # a path, a URL or a `StoreLocation`
+        if isinstance(out, StoreLocation): self.__dict__.update(out.__dict__); return
+        s = os.fspath(out)
+        self.local = '://' not in s or s.startswith('file://')
+        if self.local:
+            self.fs = fsspec.filesystem('file')
+            self.root = str(Path(s[len('file://'):] if s.startswith('file://') else s).absolute()); self.url = self.root
+        else:
+            try: self.fs, root = fsspec.core.url_to_fs(s)
+            except (ImportError, ValueError) as e: raise InterpgenError(
+                f"out={s!r} is not allowed: {e} (a zoo is a local path or an fsspec URL such as memory://, s3:// "
+                f"(pip install s3fs) or gs:// (pip install gcsfs))") from None
+            self.root, self.url = root.rstrip('/'), s.rstrip('/')
+            check_arg(self.root.strip('/') != '', 'out', s, 'a URL that names a folder, e.g. s3://bucket/zoo.zarr')
+    @property
+    def path(self): return Path(self.root) if self.local else self.url   # what `Zoo.path` shows
+    def key(self, k:str) -> str: return f'{self.root}/{k}'
+    def exists(self) -> bool: return self.fs.exists(self.root)
+    def zarr_store(self, read_only:bool=False):
+        "The Zarr store object for this location."
+        if self.local: return zarr.storage.LocalStore(self.root, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(self.url, read_only=read_only)
+    def open_group(self, mode:str='r') -> zarr.Group: return zarr.open_group(self.zarr_store(read_only=mode == 'r'), mode=mode)
+    def remove(self):
+        "Delete the store and everything in it."
+        if self.local: shutil.rmtree(self.root)
+        else: self.fs.rm(self.root, recursive=True)
+    def __repr__(self): return f"StoreLocation({self.url!r})"
+
+# %% ../nbs/03_store.ipynb #e27494d2
+CREATING = FORMAT + '.creating'
+
+def _now_iso() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
+
+def zoo_state(path) -> str:
+    "What is at `path`: `missing`, `zoo`, `creating` (an unfinished creation) or `other`."
+    loc = StoreLocation(path)
+    if not loc.exists(): return 'missing'
+    try: fmt = json.loads(loc.fs.cat_file(loc.key('zarr.json'))).get('attributes', {}).get('format')
+    except (OSError, ValueError, AttributeError): return 'other'
+    return {FORMAT: 'zoo', CREATING: 'creating'}.get(fmt, 'other')
+
 def is_zoo(path) -> bool:
     "True when `path` holds an interpgen zoo."
-    p = Path(path) / 'zarr.json'
-    if not p.is_file(): return False
-    try: return json.loads(p.read_text()).get('attributes', {}).get('format') == FORMAT
-    except (OSError, ValueError): return False
+    return zoo_state(path) == 'zoo'
 
 def check_writable_parent(path) -> Path:
     "Raise `InterpgenError` unless the folder that will hold `path` exists and can be written (tested by writing)."
@@ -130,7 +173,7 @@ def check_writable_parent(path) -> Path:
     except OSError as e: raise InterpgenError(f"out={str(path)!r} is not allowed: its folder {parent} cannot be written ({e.strerror})") from None
     return path
 
-# %% ../nbs/03_store.ipynb #29f543fa
+# %% ../nbs/03_store.ipynb #f7c05e84
 def package_versions() -> dict:
     "Versions of the packages that shape a zoo's content."
     import importlib.metadata as md
@@ -138,25 +181,135 @@ def package_versions() -> dict:
     except md.PackageNotFoundError: ours = None                  # run from a checkout that is not installed
     return dict(python=sys.version.split()[0], interpgen=ours, torch=torch.__version__, numpy=np.__version__, zarr=zarr.__version__)
 
-def create_zoo(path, # the store folder to create (must not exist)
+def _add_arrays(g:zarr.Group, schema:ZooSchema):
+    N, C = schema.n_records, schema.chunk_records
+    for name, (tail, dtype, fill) in schema.arrays().items():
+        g.create_array(name, shape=(N, *tail), chunks=(C, *tail), dtype=str if dtype == 'str' else dtype, fill_value=fill)
+    g.create_array('shards', shape=(schema.n_shards,), chunks=(1,), dtype=str, fill_value='')
+
+def create_zoo(path, # the store to create (a folder or URL with nothing there, or an unfinished creation at a URL)
                schema:ZooSchema, # array shapes
                attrs:dict # JSON attributes: config, config_hash, signature dataset, columns, ...
               ) -> zarr.Group:
-    "Create an empty zoo at `path` atomically: arrays, attributes and layout, every record still to write."
-    path = check_writable_parent(path)
+    "Create an empty zoo at `path`: arrays, attributes and layout, every record still to write."
+    loc = StoreLocation(path)
+    attrs = dict(attrs, format=FORMAT, format_version=FORMAT_VERSION, schema=schema.to_dict(), versions=package_versions())
+    if not loc.local:
+        state = zoo_state(loc)
+        check_arg(state in ('missing', 'creating'), 'out', loc.url, 'a URL with nothing there yet (or pass overwrite)')
+        marker = dict(format=CREATING, creating=dict(host=socket.gethostname(), pid=os.getpid(), time=_now_iso()))
+        g = zarr.open_group(loc.zarr_store(), mode='w', zarr_format=3, attributes=marker)   # mode w: clears an unfinished creation
+        _add_arrays(g, schema)
+        g.attrs.put(attrs)                                     # the commit point: one write of the group's zarr.json
+        return loc.open_group('r+')
+    path = check_writable_parent(loc.root)
     check_arg(not path.exists(), 'out', str(path), 'a path that does not exist yet (or pass overwrite)')
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.creating-'))
     try:
         g = zarr.open_group(tmp, mode='w', zarr_format=3)
-        N, C = schema.n_records, schema.chunk_records
-        for name, (tail, dtype, fill) in schema.arrays().items():
-            g.create_array(name, shape=(N, *tail), chunks=(C, *tail), dtype=str if dtype == 'str' else dtype, fill_value=fill)
-        g.create_array('shards', shape=(schema.n_shards,), chunks=(1,), dtype=str, fill_value='')
-        g.attrs.update(dict(attrs, format=FORMAT, format_version=FORMAT_VERSION, schema=schema.to_dict(), versions=package_versions()))
+        _add_arrays(g, schema)
+        g.attrs.update(attrs)
         os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
-    return zarr.open_group(path, mode='r+')
+    return loc.open_group('r+')
+
+# %% ../nbs/03_store.ipynb #d352260f
+LOCK_LEASE = 60.0   # seconds a run lock stays valid without being renewed
+
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OSError): return True
+    return True
+
+def lock_is_live(h:dict|None, now:float|None=None) -> bool:
+    "Whether the lock content `h` still holds: lease not expired, and its process alive when it is on this host."
+    if not h: return False
+    now = time.time() if now is None else now
+    if h.get('expires', 0) <= now: return False
+    return h.get('host') != socket.gethostname() or _pid_alive(int(h.get('pid', 0)))
+
+# %% ../nbs/03_store.ipynb #cc7fbb1e
+class RunLock:
+    "The run lock of the zoo at `out`: one generate run at a time; `with RunLock(out):` holds and renews it."
+    def __init__(self, out, # the zoo (path or URL)
+                 lease:float=LOCK_LEASE, # seconds without renewal after which the lock is stale
+                 **about): # more JSON to record in the lock (e.g. `config_hash`)
+        self.loc = StoreLocation(out); self.path = self.loc.root + '.lock'; self.lease = lease
+        self.token = uuid.uuid4().hex; self.lost = False; self._stop = threading.Event(); self._thread = None
+        self.info = dict(run=self.token, host=socket.gethostname(), pid=os.getpid(), started=_now_iso(),
+                         command=' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300], **about)
+    def holder(self) -> dict|None:
+        "The lock's current content (None when there is none; `{}` when it cannot be read)."
+        try: return json.loads(self.loc.fs.cat_file(self.path))
+        except FileNotFoundError: return None
+        except (OSError, ValueError): return {}
+    def _content(self) -> bytes: return json.dumps(dict(self.info, expires=time.time() + self.lease)).encode()
+    def _create(self) -> bool:
+        "Exclusive create; False when a lock is already there."
+        try:
+            if not self.loc.local: self.loc.fs.pipe_file(self.path, self._content(), mode='create'); return True
+            tmp = f'{self.path}.{self.token}'
+            Path(tmp).write_bytes(self._content())
+            try: os.link(tmp, self.path); return True
+            finally: os.unlink(tmp)
+        except FileExistsError: return False
+
+# %% ../nbs/03_store.ipynb #d62055e6
+@patch
+def _refusal(self:RunLock, h:dict) -> InterpgenError:
+    left = max(0, h.get('expires', 0) - time.time())
+    return InterpgenError(
+        f"out={self.loc.url!r} is being generated by another run: pid {h.get('pid')} on host {h.get('host')}, started {h.get('started')} "
+        f"({h.get('command') or 'no command recorded'}). Wait for it to finish, or stop it; its lock {self.path} expires "
+        f"{left:.0f} s after its last renewal if it dies (at once on host {h.get('host')}), then run this again to resume. "
+        f"If you are sure that run is gone, delete {self.path}. Nothing was touched")
+
+@patch
+def acquire(self:RunLock) -> RunLock:
+    "Take the lock (taking over a stale one) or raise `InterpgenError` naming the run that holds it; then renew it in the background."
+    for _ in range(3):
+        if self._create(): break
+        h = self.holder()
+        if h is None: continue                                  # released meanwhile: try again
+        if lock_is_live(h): raise self._refusal(h)
+        if self.holder() == h:                                  # still the same stale lock: remove it, then race for the name
+            try: self.loc.fs.rm_file(self.path)
+            except FileNotFoundError: pass
+    else: raise self._refusal(self.holder() or {})
+    self._thread = threading.Thread(target=self._renew, daemon=True, name='interpgen-run-lock'); self._thread.start()
+    return self
+
+@patch
+def _renew(self:RunLock):
+    while not self._stop.wait(self.lease / 4):
+        h = self.holder()
+        if not h or h.get('run') != self.token: self.lost = True; return   # taken over: stop renewing, `check` raises
+        if self.loc.local:
+            tmp = f'{self.path}.{self.token}'; Path(tmp).write_bytes(self._content()); os.replace(tmp, self.path)
+        else: self.loc.fs.pipe_file(self.path, self._content())
+
+@patch
+def check(self:RunLock):
+    "Raise if another run has taken the lock over (this run stalled for longer than the lease)."
+    if self.lost: raise InterpgenError(f"the run lock {self.path} was taken over by another run after this run stalled for over "
+                                       f"{self.lease:.0f} s; stopping (the shards written so far are kept)")
+
+@patch
+def release(self:RunLock):
+    "Stop renewing and remove the lock if it is still ours."
+    self._stop.set()
+    if self._thread is not None: self._thread.join(); self._thread = None
+    h = self.holder()
+    if h and h.get('run') == self.token:
+        try: self.loc.fs.rm_file(self.path)
+        except FileNotFoundError: pass
+
+@patch
+def __enter__(self:RunLock): return self.acquire()
+@patch
+def __exit__(self:RunLock, *exc): self.release()
 
 # %% ../nbs/03_store.ipynb #a0092dc9
 def write_shard(g:zarr.Group, # the zoo, opened for writing
@@ -187,11 +340,13 @@ def signature_dataset_from(d:dict) -> SignatureDataset:
 
 class Zoo:
     "A read-only view of a zoo: `len`, `zoo[i]`, slices, iteration, `model(i, which)`."
-    def __init__(self, path):
-        self.path = Path(path)
-        check_arg(self.path.exists(), 'path', str(path), 'an existing zoo (make one with interpgen_generate)')
-        check_arg(is_zoo(self.path), 'path', str(path), f'a folder holding an interpgen zoo ({FORMAT})')
-        self.g = zarr.open_group(self.path, mode='r')
+    def __init__(self, path): # a folder or URL (see `StoreLocation`)
+        self.loc = StoreLocation(path); self.path = self.loc.path
+        state = zoo_state(self.loc)
+        check_arg(state != 'missing', 'path', str(path), 'an existing zoo (make one with interpgen_generate)')
+        check_arg(state == 'zoo', 'path', str(path), f'a folder holding an interpgen zoo ({FORMAT})'
+                  + (' (this one is still being created, or its creation was interrupted: run interpgen_generate again)' if state == 'creating' else ''))
+        self.g = self.loc.open_group('r')
         self.attrs = dict(self.g.attrs)
         self.schema = ZooSchema.from_dict(self.attrs['schema'])
         self.pattern_names = list(self.attrs['pattern_names'])
@@ -286,8 +441,6 @@ def open_zoo(path) -> Zoo:
     return Zoo(path)
 
 # %% ../nbs/03_store.ipynb #57496915
-def _dir_bytes(p:Path) -> int: return sum(f.stat().st_size for f in p.rglob('*') if f.is_file())
-
 def _quantiles(x) -> dict:
     x = np.asarray([v for v in x if v is not None], float)
     if not len(x): return {}
@@ -303,8 +456,9 @@ def info(self:Zoo) -> dict:
     metas = [json.loads(str(m)) for m in self.g['meta'][:]]
     metas = [metas[i] for i in idx]
     cand = sum(s['candidates'] for s in stats); rej = sum(s['rejected'] for s in stats)
+    nb = self.loc.fs.du(self.loc.root, total=True)
     out = dict(path=str(self.path), records=len(self), written=len(idx), shards=f'{len(done)}/{self.schema.n_shards}',
-               bytes_on_disk=_dir_bytes(self.path), bytes_per_record=round(_dir_bytes(self.path) / max(1, len(idx))),
+               bytes_on_disk=nb, bytes_per_record=round(nb / max(1, len(idx))),
                config_hash=self.attrs['config_hash'], signature_sha256=self.attrs['signature']['sha256'], models=list(self.schema.models),
                candidates=cand, rejected=rej, unused=sum(s.get('unused', 0) for s in stats), rejection_rate=round(rej / cand, 4) if cand else 0.0,
                seconds=round(sum(s['seconds'] for s in stats), 1))

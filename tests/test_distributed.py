@@ -1,0 +1,169 @@
+"""Zoos on a real Dask cluster and at URLs: the same records as a local run, a worker killed mid-run, two runs on one zoo."""
+import json, os, shutil, signal, socket, subprocess, sys, threading, time
+from pathlib import Path
+import numpy as np
+import pytest
+import yaml
+import zarr
+from interpgen.sampler import InterpgenError
+from interpgen.pipeline import DatasetGenerationPipeline, load_config
+from interpgen.store import open_zoo, RunLock, zoo_state
+from interpgen.distributed import local_cluster
+
+distributed = pytest.importorskip('distributed')
+ROOT = Path(__file__).resolve().parents[1]
+# a small real run: 5 shards of 8 records (chunks of 4) of tiny models
+CFG = dict(size=40, seed=5, model=dict(layers=[1, 2], width=[4, 8]),
+           dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
+           training=dict(max_epochs=8, batch_size=32),
+           corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
+           signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def cli(*args, check=True, **kw):
+    "Run a console script with this checkout first on the path."
+    r = subprocess.run([shutil.which(args[0]) or args[0], *map(str, args[1:])], capture_output=True, text=True, env=env(), **kw)
+    if check: assert r.returncode == 0, r.stderr
+    return r
+
+
+def arrays(path) -> dict:
+    g = zarr.open_group(path, mode='r')
+    names = [k for k, _ in g.arrays()] + [f'{k}/{a}' for k, sub in g.groups() for a, _ in sub.arrays()]
+    return {k: g[k][:] for k in sorted(names) if k != 'shards'}
+
+
+def same_store(a, b):
+    "Two zoos hold the same records: same hashes and, array by array, the same values (NaN padding equal)."
+    za, zb = open_zoo(a), open_zoo(b)
+    assert za.hashes() == zb.hashes() and all(za.hashes())
+    assert len(za.done_shards()) == len(zb.done_shards()) == za.schema.n_shards
+    xa, xb = arrays(a), arrays(b)
+    assert xa.keys() == xb.keys()
+    for k in xa: np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+
+
+@pytest.fixture(scope='module')
+def ref(tmp_path_factory):
+    "The local, in-process run every other run must equal."
+    return DatasetGenerationPipeline(CFG).run(tmp_path_factory.mktemp('ref') / 'zoo.zarr', progress=False).path
+
+
+@pytest.fixture(scope='module')
+def cfg_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp('cfg') / 'cfg.yaml'; p.write_text(yaml.safe_dump(CFG)); return p
+
+
+@pytest.fixture(scope='module')
+def client():
+    "A real cluster: 2 worker processes of 1 thread, started without Dask's MALLOC_TRIM_THRESHOLD_."
+    with local_cluster(n_workers=2, threads_per_worker=1) as cluster, distributed.Client(cluster) as c:
+        c.wait_for_workers(2)
+        yield c
+
+
+def test_dask_run_equals_local_run(ref, client, tmp_path):
+    out = tmp_path / 'zoo.zarr'
+    zoo = DatasetGenerationPipeline(CFG).run(f'file://{out}', scheduler=client, progress=False)
+    same_store(ref, out)
+    pids = {str(p) for p in client.run(os.getpid).values()}
+    assert {s['worker'].split(':')[1] for s in zoo.shard_stats()} <= pids      # every shard was written by a worker process
+    assert not Path(f'{out}.lock').exists()                                      # the run lock is released
+    assert set(client.run(lambda: os.environ.get('MALLOC_TRIM_THRESHOLD_')).values()) == {None}
+    with pytest.raises(InterpgenError, match='1 when a Dask scheduler'):
+        DatasetGenerationPipeline(CFG).run(out, workers=2, scheduler=client, progress=False)
+
+
+def test_cli_scheduler_address(ref, client, cfg_file, tmp_path):
+    out = tmp_path / 'zoo.zarr'
+    r = cli('interpgen_generate', '--config', cfg_file, '--out', out, '--scheduler', client.scheduler.address, '--quiet')
+    assert '40 records' in r.stdout
+    same_store(ref, out)
+    r = cli('interpgen_generate', '--config', cfg_file, '--out', out, '--scheduler', 'tcp://127.0.0.1:9', check=False)
+    assert r.returncode == 0 and '40 records' in r.stdout          # nothing left to do: the scheduler is not even contacted
+
+
+def test_killed_worker_is_replaced_and_the_zoo_equals_the_local_run(ref, client, tmp_path):
+    out = tmp_path / 'zoo.zarr'
+    pipe = DatasetGenerationPipeline(CFG)
+    res = {}
+    def run():
+        try: res['zoo'] = pipe.run(out, scheduler=client, progress=False)
+        except BaseException as e: res['error'] = e
+    t = threading.Thread(target=run)
+    t.start()
+    pids = client.run(os.getpid)                                   # worker address -> pid
+    shard_of = lambda key: int(key.split('-')[2])                  # keys are interpgen-shard-{shard}-{run}
+    def done():
+        try: return {i for i, s in enumerate(zarr.open_group(out, mode='r')['shards'][:].tolist()) if s}
+        except Exception: return set()
+    victim, lost, t0 = None, set(), time.time()
+    while t.is_alive() and time.time() - t0 < 300:               # once the first shard lands, kill a worker with an unfinished shard in hand
+        d = done()
+        if d:
+            in_hand = {w: {shard_of(k) for k in ks} - d for w, ks in client.processing().items()}
+            victim = next((w for w, s in in_hand.items() if s), None)
+            if victim:
+                os.kill(pids[victim], signal.SIGKILL)
+                lost = in_hand[victim] - done()                    # what it had not finished when it died
+                break
+        time.sleep(0.01)
+    t.join()
+    assert victim is not None, 'the run ended before a worker could be killed'
+    assert 'error' not in res, res.get('error')
+    zoo = res['zoo']
+    same_store(ref, out)                                           # every record once, in its place, as in the local run
+    for s in lost: assert zoo.shard_stats()[s]['worker'] != f'{socket.gethostname()}:{pids[victim]}'   # written again elsewhere
+    client.wait_for_workers(2)                                     # the nanny started a new worker in its place
+    assert pids[victim] not in client.run(os.getpid).values()
+
+
+def test_a_second_run_on_the_same_zoo_is_refused(ref, cfg_file, tmp_path):
+    out = tmp_path / 'zoo.zarr'
+    a = subprocess.Popen([shutil.which('interpgen_generate'), '--config', str(cfg_file), '--out', str(out), '--quiet'],
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (zoo_state(out) == 'zoo' and Path(f'{out}.lock').exists()) and a.poll() is None and time.time() - t0 < 120: time.sleep(0.01)
+    assert a.poll() is None, a.communicate()
+    # this process is the second run: refused, naming the first; with --overwrite and another config too
+    for pipe, kw in [(DatasetGenerationPipeline(CFG), {}), (DatasetGenerationPipeline(CFG, seed=6), dict(overwrite=True))]:
+        with pytest.raises(InterpgenError) as e: pipe.run(out, progress=False, **kw)
+        assert f'pid {a.pid} on host {socket.gethostname()}' in str(e.value) and 'interpgen_generate' in str(e.value)
+    so, se = a.communicate(timeout=300)
+    assert a.returncode == 0, se
+    same_store(ref, out)                                           # the first run was not disturbed
+    assert not Path(f'{out}.lock').exists()
+
+
+def test_locks_from_elsewhere(ref, cfg_file, tmp_path):
+    out = tmp_path / 'zoo.zarr'; shutil.copytree(ref, out)
+    lock = Path(f'{out}.lock')
+    # a live run on another host: the command refuses, exit status 2, one line naming it and what to do
+    lock.write_text(json.dumps(dict(run='x', host='node17', pid=4242, started='2026-01-01T00:00:00+00:00', command='interpgen_generate',
+                                    expires=time.time() + 60)))
+    r = cli('interpgen_generate', '--config', cfg_file, '--out', out, check=False)
+    assert r.returncode == 2 and 'pid 4242 on host node17' in r.stderr and f'delete {lock}' in r.stderr and 'Traceback' not in r.stderr
+    # its lease ran out: taken over; a process of this host that no longer exists: taken over at once
+    lock.write_text(json.dumps(dict(run='x', host='node17', pid=4242, expires=time.time() - 1)))
+    assert len(DatasetGenerationPipeline(CFG).run(out, progress=False).done_shards()) == 5
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
+    lock.write_text(json.dumps(dict(run='x', host=socket.gethostname(), pid=int(dead), expires=time.time() + 60)))
+    DatasetGenerationPipeline(CFG).run(out, progress=False)
+    assert not lock.exists()
+    same_store(ref, out)
+
+
+def test_memory_url_store(ref, client):
+    url = 'memory://tests/zoo.zarr'
+    zoo = DatasetGenerationPipeline(CFG).run(url, progress=False)
+    assert zoo.path == url and zoo.hashes() == open_zoo(ref).hashes() and zoo.info()['written'] == 40
+    assert [r.hash for r in open_zoo(url)[8:12]] == [r.hash for r in open_zoo(ref)[8:12]]
+    # the workers are other processes: they cannot see this process's memory, and say so
+    with pytest.raises(InterpgenError, match='cannot see the zoo at memory://tests/other.zarr'):
+        DatasetGenerationPipeline(CFG).run('memory://tests/other.zarr', scheduler=client, progress=False)
+    with pytest.raises(InterpgenError, match='needs|pip install|is not allowed'):
+        DatasetGenerationPipeline(CFG).run('nosuchprotocol://bucket/zoo.zarr', progress=False)
