@@ -64,7 +64,7 @@ corruption:               # modification records only
   rate: [0.2, 0.5]        # share of the target's eligible training positives flipped to 0
   mode: region            # region (one region of sequence space: a consistent blind spot) or random (uniform, the reference's)
   min_degradation_threshold: 0.1   # the target's clean test accuracy must drop at least this much ...
-  max_other_degradation: 0.1       # ... and no other included pattern's by more than this
+  max_other_degradation: 0.1       # ... no other included pattern's by more than this, and the modified model may not be this much worse on pattern-free examples
   max_attempts: 16        # candidates tried per record before the run fails
   retry_candidates: 2     # candidates per still-missing record in each round after the first
 modified_model:
@@ -357,9 +357,12 @@ def quality(subject:dict, modified:dict, patterns:list, target:str, cfg:Corrupti
     changes = {p: round(m[p] - s[p], 6) for p in patterns if s.get(p) is not None}   # how much the subject lost, per pattern
     gain = changes[target]; others = [v for p, v in changes.items() if p != target]
     worst = max(others) if others else 0.0
+    sn, mn = subject.get('acc_negative'), modified.get('acc_negative')
+    neg = round(mn - sn, 6) if sn is not None and mn is not None else 0.0    # the modified model on pattern-free examples
     reason = ('target_not_degraded' if gain < cfg.min_degradation_threshold - 1e-12 else
-              'other_degraded' if worst > cfg.max_other_degradation + 1e-12 else None)
-    return dict(ok=reason is None, reason=reason, target_gain=gain, worst_other_change=worst, changes=changes)
+              'other_degraded' if worst > cfg.max_other_degradation + 1e-12 else
+              'modified_worse_on_negatives' if neg < -cfg.max_other_degradation - 1e-12 else None)
+    return dict(ok=reason is None, reason=reason, target_gain=gain, worst_other_change=worst, negative_change=neg, changes=changes)
 
 # %% ../nbs/04_pipeline.ipynb #4fe6574b
 _CACHE: dict = {}
@@ -417,7 +420,7 @@ def _meta(cfg, b:_Built, sub, mod, q) -> dict:
     if mod is not None:
         meta['metrics']['modified'], meta['history']['modified'] = mod.metrics, _history(mod)
         meta['modified_mode'] = cfg.modified_model.mode
-        meta['quality'] = {k: q[k] for k in ('target_gain', 'worst_other_change', 'changes')}
+        meta['quality'] = {k: q[k] for k in ('target_gain', 'worst_other_change', 'negative_change', 'changes')}
     return json.loads(json.dumps(meta))
 
 def generate_shard(cfg:GenerationConfig, # the run's config

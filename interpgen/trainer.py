@@ -520,6 +520,8 @@ def evaluate(arch:SubjectArch, flat:torch.Tensor, seqs, labels, membership=None,
     y = torch.as_tensor(np.asarray(labels), dtype=logit.dtype)
     correct = ((logit > 0).to(y.dtype) == y).numpy()
     out = dict(acc=float(correct.mean()), loss=float(_bce(logit, y).mean()), n=int(len(y)))
+    neg = (y == 0).numpy()
+    out['acc_negative'] = float(correct[neg].mean()) if neg.any() else None   # on the examples with no included pattern
     if membership is not None:
         mem = np.asarray(membership)
         out['per_pattern'] = {n: (float(correct[mem[:, k]].mean()) if mem[:, k].any() else None)
