@@ -64,7 +64,8 @@ corruption:               # modification records only
   rate: [0.2, 0.5]        # share of the target's eligible training positives flipped to 0
   mode: region            # region (one region of sequence space: a consistent blind spot) or random (uniform, the reference's)
   min_degradation_threshold: 0.1   # the target's clean test accuracy must drop at least this much ...
-  max_other_degradation: 0.1       # ... no other included pattern's by more than this, and the modified model may not be this much worse on pattern-free examples
+  max_other_degradation: 0.1       # ... and no other included pattern's by more than this
+  max_negative_degradation: 0.3    # the modified model may not be this much worse on pattern-free test examples (null: no check)
   max_attempts: 16        # candidates tried per record before the run fails
   retry_candidates: 2     # candidates per still-missing record in each round after the first
 modified_model:
@@ -162,12 +163,13 @@ CORRUPTION_MODES = ('region', 'random')
 class CorruptionSection:
     "Label corruption of the target pattern and the quality filter on each (degraded, modified) pair."
     rate:tuple=(0.2, 0.5); mode:str='region'; min_degradation_threshold:float=0.1; max_other_degradation:float=0.1
-    max_attempts:int=16; retry_candidates:int=2
+    max_attempts:int=16; retry_candidates:int=2; max_negative_degradation:float|None=0.3
     def __post_init__(self):
         self.rate = _rng_pair(self.rate, 'corruption.rate', float, 0, 1)
         _choice(self.mode, 'corruption.mode', CORRUPTION_MODES)
         self.min_degradation_threshold = _num(self.min_degradation_threshold, 'corruption.min_degradation_threshold', 0, 1)
         self.max_other_degradation = _num(self.max_other_degradation, 'corruption.max_other_degradation', 0, 1)
+        self.max_negative_degradation = _num(self.max_negative_degradation, 'corruption.max_negative_degradation', 0, 1, none=True)
         self.max_attempts = _num(self.max_attempts, 'corruption.max_attempts', 1, None, int)
         self.retry_candidates = _num(self.retry_candidates, 'corruption.retry_candidates', 1, None, int)
 
@@ -361,7 +363,7 @@ def quality(subject:dict, modified:dict, patterns:list, target:str, cfg:Corrupti
     neg = round(mn - sn, 6) if sn is not None and mn is not None else 0.0    # the modified model on pattern-free examples
     reason = ('target_not_degraded' if gain < cfg.min_degradation_threshold - 1e-12 else
               'other_degraded' if worst > cfg.max_other_degradation + 1e-12 else
-              'modified_worse_on_negatives' if neg < -cfg.max_other_degradation - 1e-12 else None)
+              'modified_worse_on_negatives' if cfg.max_negative_degradation is not None and neg < -cfg.max_negative_degradation - 1e-12 else None)
     return dict(ok=reason is None, reason=reason, target_gain=gain, worst_other_change=worst, negative_change=neg, changes=changes)
 
 # %% ../nbs/04_pipeline.ipynb #4fe6574b
