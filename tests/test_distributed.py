@@ -1,50 +1,22 @@
 """Zoos on a real Dask cluster and at URLs: the same records as a local run, a worker killed mid-run, two runs on one zoo."""
 import json, os, shutil, signal, socket, subprocess, sys, threading, time
 from pathlib import Path
-import numpy as np
 import pytest
 import yaml
 import zarr
 from interpgen.sampler import InterpgenError
-from interpgen.pipeline import DatasetGenerationPipeline, load_config
-from interpgen.store import open_zoo, RunLock, zoo_state
+from interpgen.pipeline import DatasetGenerationPipeline
+from interpgen.store import open_zoo, zoo_state
 from interpgen.distributed import local_cluster
+from zoo_helpers import env, cli, same_store
 
 distributed = pytest.importorskip('distributed')
-ROOT = Path(__file__).resolve().parents[1]
 # a small real run: 5 shards of 8 records (chunks of 4) of tiny models
 CFG = dict(size=40, seed=5, model=dict(layers=[1, 2], width=[4, 8]),
            dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
            training=dict(max_epochs=8, batch_size=32),
            corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
            signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
-
-
-def env():
-    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-
-
-def cli(*args, check=True, **kw):
-    "Run a console script with this checkout first on the path."
-    r = subprocess.run([shutil.which(args[0]) or args[0], *map(str, args[1:])], capture_output=True, text=True, env=env(), **kw)
-    if check: assert r.returncode == 0, r.stderr
-    return r
-
-
-def arrays(path) -> dict:
-    g = zarr.open_group(path, mode='r')
-    names = [k for k, _ in g.arrays()] + [f'{k}/{a}' for k, sub in g.groups() for a, _ in sub.arrays()]
-    return {k: g[k][:] for k in sorted(names) if k != 'shards'}
-
-
-def same_store(a, b):
-    "Two zoos hold the same records: same hashes and, array by array, the same values (NaN padding equal)."
-    za, zb = open_zoo(a), open_zoo(b)
-    assert za.hashes() == zb.hashes() and all(za.hashes())
-    assert len(za.done_shards()) == len(zb.done_shards()) == za.schema.n_shards
-    xa, xb = arrays(a), arrays(b)
-    assert xa.keys() == xb.keys()
-    for k in xa: np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
 
 
 @pytest.fixture(scope='module')

@@ -1,31 +1,23 @@
 """Prompts, completions, parsing, export and scoring on real zoos on disk, through the console scripts."""
-import json, os, shutil, subprocess
+import json
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 from interpgen.sampler import InterpgenError
 from interpgen.trainer import SubjectArch, init_params
 from interpgen.pipeline import DatasetGenerationPipeline
 from interpgen.store import open_zoo
 from interpgen.formatter import (TrainingDataFormatter, NumberFormat, parse_patterns, count_tokens, record_split,
-                                 evaluate_predictions, load_predictions, zoo_candidates, SPLITS)
+                                 evaluate_predictions, zoo_candidates, SPLITS)
+from zoo_helpers import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(size=24, seed=5, model=dict(layers=[1, 2], width=[4, 8]),
             dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
             training=dict(max_epochs=6, batch_size=32),
             corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
             signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
-
-
-def cli(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    r = subprocess.run([shutil.which(args[0]) or args[0], *map(str, args[1:])], capture_output=True, text=True, env=env)
-    if check: assert r.returncode == 0, r.stderr
-    return r
 
 
 @pytest.fixture(scope='module')

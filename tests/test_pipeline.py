@@ -1,6 +1,5 @@
 """The generation pipeline and its store, end to end on real Zarr stores: crash and resume, workers, bad input."""
-import json, os, shutil, signal, subprocess, sys, time
-from pathlib import Path
+import json, os, shutil, signal, subprocess, time
 import numpy as np
 import pytest
 import yaml
@@ -8,42 +7,14 @@ import zarr
 from interpgen.sampler import InterpgenError
 from interpgen.pipeline import DatasetGenerationPipeline, load_config, make_candidate, DEFAULT_CONFIG_YAML, GenerationConfig
 from interpgen.store import open_zoo, record_hash
+from zoo_helpers import ROOT, cli, tree, arrays, same_store
 
-ROOT = Path(__file__).resolve().parents[1]
 # small real runs: 1-2 hidden layers of 4-8 units, a few epochs, shards of 8 records in chunks of 4
 TINY = dict(size=48, seed=3, model=dict(layers=[1, 2], width=[4, 8]),
             dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
             training=dict(max_epochs=6, batch_size=32),
             corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
             signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
-
-
-def cli(*args, check=True, **kw):
-    "Run a console script with this checkout first on the path."
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    r = subprocess.run([shutil.which(args[0]) or args[0], *map(str, args[1:])], capture_output=True, text=True, env=env, **kw)
-    if check: assert r.returncode == 0, r.stderr
-    return r
-
-
-def tree(path) -> dict:
-    "Every file under `path` with its bytes: to show a store was left untouched."
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob('*')) if p.is_file()}
-
-
-def arrays(path) -> dict:
-    g = zarr.open_group(path, mode='r')
-    names = [k for k, _ in g.arrays()] + [f'{k}/{a}' for k, sub in g.groups() for a, _ in sub.arrays()]
-    return {k: g[k][:] for k in sorted(names) if k != 'shards'}
-
-
-def same_store(a, b):
-    "Two zoos hold the same records: same hashes and, array by array, the same values (NaN padding equal)."
-    za, zb = open_zoo(a), open_zoo(b)
-    assert za.hashes() == zb.hashes() and all(za.hashes())
-    xa, xb = arrays(a), arrays(b)
-    assert xa.keys() == xb.keys()
-    for k in xa: np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,42 @@
+"""Helpers the zoo tests share: run a console script from this checkout, compare two zoos array by array."""
+import os, shutil, subprocess
+from pathlib import Path
+import numpy as np
+import zarr
+from interpgen.store import open_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env() -> dict:
+    "The environment for a subprocess, with this checkout first on the path."
+    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def cli(*args, check=True, **kw):
+    "Run a console script with this checkout first on the path."
+    r = subprocess.run([shutil.which(args[0]) or args[0], *map(str, args[1:])], capture_output=True, text=True, env=env(), **kw)
+    if check: assert r.returncode == 0, r.stderr
+    return r
+
+
+def tree(path) -> dict:
+    "Every file under `path` with its bytes: to show a store was left untouched."
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob('*')) if p.is_file()}
+
+
+def arrays(path) -> dict:
+    "Every array of a zoo but the done marks, read whole."
+    g = zarr.open_group(path, mode='r')
+    names = [k for k, _ in g.arrays()] + [f'{k}/{a}' for k, sub in g.groups() for a, _ in sub.arrays()]
+    return {k: g[k][:] for k in sorted(names) if k != 'shards'}
+
+
+def same_store(a, b):
+    "Two complete zoos hold the same records: same hashes and, array by array, the same values (NaN padding equal)."
+    za, zb = open_zoo(a), open_zoo(b)
+    assert za.hashes() == zb.hashes() and all(za.hashes())
+    assert len(za.done_shards()) == len(zb.done_shards()) == za.schema.n_shards
+    xa, xb = arrays(a), arrays(b)
+    assert xa.keys() == xb.keys()
+    for k in xa: np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
