@@ -13,17 +13,17 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
-from .trainer import SubjectArch, SubjectModel, evaluate, param_shapes, unflatten_state
+from .trainer import SubjectArch, SubjectModel, evaluate, param_shapes, flatten_state, unflatten_state
 from .extractor import ActivationSignature
-from .store import ZooRecord, Zoo, open_zoo, check_writable_parent
+from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, _quantiles
 from .pipeline import TASKS
 
 # %% auto #0
-__all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'NumberFormat',
-           'arch_text', 'layer_header', 'TrainingDataFormatter', 'pattern_line', 'parse_patterns', 'cache_dir',
-           'builtin_gguf', 'load_tokenizer', 'count_tokens', 'reference_layout_text', 'record_split', 'zoo_candidates',
-           'iter_examples', 'export_examples', 'load_predictions', 'score_classification', 'score_modification',
-           'evaluate_predictions', 'bench_formatter']
+__all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
+           'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter', 'layer_arrays', 'pattern_line',
+           'parse_patterns', 'cache_dir', 'builtin_gguf', 'load_tokenizer', 'count_tokens', 'reference_layout_text',
+           'record_split', 'zoo_candidates', 'iter_examples', 'export_examples', 'load_predictions',
+           'score_classification', 'score_modification', 'evaluate_predictions', 'bench_formatter']
 
 # %% ../nbs/05_formatter.ipynb #fc5168c0
 NUMBER_FORMATS = ('scaled', 'fixed')
@@ -137,21 +137,22 @@ class TrainingDataFormatter:
 # %% ../nbs/05_formatter.ipynb #a0b6c310
 def _row(label:str|None, nums:list) -> str: return f"{label}: {' '.join(nums)}" if label else ' '.join(nums)
 
+def layer_arrays(arch:SubjectArch, flat) -> list:
+    "Per layer, `(W  # [out, in], b  # [out])` as float32 arrays, from flat parameters."
+    st = unflatten_state(torch.as_tensor(np.asarray(flat, dtype=np.float32)), arch)
+    return [(st[f'layers.{l}.weight'].numpy(), st[f'layers.{l}.bias'].numpy()) for l in range(len(arch.hidden) + 1)]
+
 @patch
-def layer_lines(self:TrainingDataFormatter, arch:SubjectArch, flat, l:int) -> list:
+def layer_lines(self:TrainingDataFormatter, l:int, W:np.ndarray, b:np.ndarray, last:bool) -> list:
     "The lines of layer `l` of the weights block: the header, then per neuron its weights, `|` and its bias."
-    shapes, s = param_shapes(arch), sum(i * o + o for i, o in param_shapes(arch)[:l])
-    i, o = shapes[l]
-    f = np.asarray(flat, dtype=np.float32)
-    W, b = f[s:s + i * o].reshape(i, o).T, f[s + i * o:s + i * o + o]         # W: [out, in]
-    ws, bs = self.numbers.format(W), self.numbers.format(b)
-    return [layer_header(l, i, o, l == len(shapes) - 1)] + [
-        _row(None if self.compact else f'n{j}', ws[j * i:(j + 1) * i] + ['|', bs[j]]) for j in range(o)]
+    (o, i), ws, bs = W.shape, self.numbers.format(W), self.numbers.format(b)
+    return [layer_header(l, i, o, last)] + [_row(None if self.compact else f'n{j}', ws[j * i:(j + 1) * i] + ['|', bs[j]]) for j in range(o)]
 
 @patch
 def weights_block(self:TrainingDataFormatter, arch:SubjectArch, flat) -> str:
     "All layers of a model, in numeric order."
-    return '\n'.join(line for l in range(len(arch.hidden) + 1) for line in self.layer_lines(arch, flat, l))
+    ls = layer_arrays(arch, flat)
+    return '\n'.join(line for l, (W, b) in enumerate(ls) for line in self.layer_lines(l, W, b, l == len(ls) - 1))
 
 # %% ../nbs/05_formatter.ipynb #9acd49c4
 @patch
@@ -193,8 +194,8 @@ def model_text(self:TrainingDataFormatter, arch:SubjectArch, flat, sig:Activatio
             for l in range(L): lines += [f"[layer {l}{' (output)' if l == L - 1 else ''}]"] + self.sig_lines(sig, l)
     else:
         lines += [head, wnote + (" After each layer's weights, its signature rows." if has_sig else ''), snote if has_sig else None, '', '## Layers']
-        for l in range(L):
-            lines += self.layer_lines(arch, flat, l)
+        for l, (W, b) in enumerate(layer_arrays(arch, flat)):
+            lines += self.layer_lines(l, W, b, l == L - 1)
             if has_sig: lines += ['signature:'] + self.sig_lines(sig, l)
     return '\n'.join(x for x in lines if x is not None)
 
@@ -246,7 +247,7 @@ def parse_weights(self:TrainingDataFormatter, text:str, # a weights block (possi
                   arch:SubjectArch) -> np.ndarray: # float32 flat parameters `[arch.n_params]`
     "Read a weights block back into flat parameters, exactly `numbers.grid` of what was written."
     shapes, lines = param_shapes(arch), text.splitlines()
-    out, k = [], 0
+    state, k = {}, 0
     for l, (i, o) in enumerate(shapes):
         while k < len(lines) and not lines[k].strip().startswith('[layer'): k += 1
         if k == len(lines):
@@ -271,8 +272,8 @@ def parse_weights(self:TrainingDataFormatter, text:str, # a weights block (possi
                 raise InterpgenError(f"{where}: expected {i} weights, '|' and one bias; found {len(ws)} numbers"
                                      + (f", '|' and {len(bs)}" if bar else " and no '|'"))
             W[j], b[j] = self.numbers.parse(ws, where), self.numbers.parse(bs, where)[0]
-        out += [W.T.ravel(), b]; k += 1
-    return np.concatenate(out)
+        state[f'layers.{l}.weight'], state[f'layers.{l}.bias'] = torch.from_numpy(W), torch.from_numpy(b); k += 1
+    return flatten_state(state, arch).numpy()
 
 @patch
 def parse_model(self:TrainingDataFormatter, text:str, arch:SubjectArch) -> SubjectModel:
@@ -341,12 +342,10 @@ def count_tokens(texts:list, # strings to measure
 def reference_layout_text(rec:ZooRecord, task:str='modification') -> dict:
     "The prompt and completion of `rec` laid out as the reference did (indented JSON, 6 decimals): for comparisons only."
     def layers(flat):
-        out, s = {}, 0
-        for l, (i, o) in enumerate(param_shapes(rec.arch)):
-            W = np.asarray(flat[s:s + i * o]).reshape(i, o).T; b = np.asarray(flat[s + i * o:s + i * o + o]); s += i * o + o
-            out[f'layer_{l}'] = dict(weight=np.round(W.astype(np.float64), 6).tolist(), bias=np.round(b.astype(np.float64), 6).tolist())
+        out = {f'layer_{l}': dict(weight=np.round(W.astype(np.float64), 6).tolist(), bias=np.round(b.astype(np.float64), 6).tolist())
+               for l, (W, b) in enumerate(layer_arrays(rec.arch, flat))}
         return dict(sorted(out.items()))          # string order, as the reference did
-    which = 'subject' if task == 'modification' else ('modified' if 'modified' in rec.params else 'subject')
+    which = TrainingDataFormatter()._which(rec, task)
     sig = rec.signatures.get(which)
     sd = {} if sig is None else {f'layer_{l}': {c: np.round(sig.layer(l)[:, k].astype(np.float64), 6).tolist()
                                                 for k, c in enumerate(sig.layout.columns)} for l in range(len(rec.arch.hidden) + 1)}
@@ -395,11 +394,11 @@ def iter_examples(zoo:Zoo, task:str, # `classification` or `modification`
 
 # %% ../nbs/05_formatter.ipynb #5f3e4a91
 EXPORT_FORMATS = ('jsonl', 'parquet', 'hf')
+COLUMNS = ('prompt', 'completion', 'metadata')  # every export's columns, all strings (metadata is JSON)
 
 def _quant(x) -> dict:
-    x = np.asarray(x)
-    if not len(x): return {}
-    return dict(min=int(x.min()), median=float(np.median(x)), p90=float(np.percentile(x, 90)), max=int(x.max()), mean=float(x.mean()))
+    "The store's summary quantiles of `x`, plus the 90th percentile (what a context length is chosen from)."
+    return _quantiles(x) | (dict(p90=float(np.percentile(x, 90))) if len(x) else {})
 
 def _write_split(rows:list, path:Path, fmt:str):
     if fmt == 'jsonl':
@@ -407,8 +406,7 @@ def _write_split(rows:list, path:Path, fmt:str):
             for r in rows: fh.write(json.dumps(r) + '\n')
     else:
         import pyarrow as pa, pyarrow.parquet as pq
-        cols = ('prompt', 'completion', 'metadata')
-        pq.write_table(pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in cols}), path)
+        pq.write_table(pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in COLUMNS}), path)
 
 # %% ../nbs/05_formatter.ipynb #2939b4e9
 def export_examples(store, # a zoo path or an open `Zoo`
@@ -456,12 +454,9 @@ def export_examples(store, # a zoo path or an open `Zoo`
     try:
         if format == 'hf':
             import datasets
-            dd = datasets.DatasetDict({s: datasets.Dataset.from_dict({c: [r[c] for r in rs] for c in ('prompt', 'completion', 'metadata')},
-                                                                     features=datasets.Features({c: datasets.Value('string') for c in ('prompt', 'completion', 'metadata')}))
-                                       for s, rs in rows.items()})
-            dd.save_to_disk(str(tmp/'data'))
-            for p in (tmp/'data').iterdir(): p.rename(tmp/p.name)
-            (tmp/'data').rmdir()
+            feats = datasets.Features({c: datasets.Value('string') for c in COLUMNS})
+            datasets.DatasetDict({s: datasets.Dataset.from_dict({c: [r[c] for r in rs] for c in COLUMNS}, features=feats)
+                                  for s, rs in rows.items()}).save_to_disk(str(tmp))
         else:
             for s, rs in rows.items(): _write_split(rs, tmp/f'{s}.{format}', format)
         (tmp/'export_info.json').write_text(json.dumps(info, indent=1))

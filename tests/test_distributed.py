@@ -8,15 +8,10 @@ from interpgen.sampler import InterpgenError
 from interpgen.pipeline import DatasetGenerationPipeline
 from interpgen.store import open_zoo, zoo_state
 from interpgen.distributed import local_cluster
-from zoo_helpers import env, cli, same_store
+from zoo_helpers import env, cli, same_store, tiny_config
 
 distributed = pytest.importorskip('distributed')
-# a small real run: 5 shards of 8 records (chunks of 4) of tiny models
-CFG = dict(size=40, seed=5, model=dict(layers=[1, 2], width=[4, 8]),
-           dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
-           training=dict(max_epochs=8, batch_size=32),
-           corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
-           signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
+CFG = tiny_config(40, 5, max_epochs=8)   # 5 shards of 8 records
 
 
 @pytest.fixture(scope='module')

@@ -11,13 +11,9 @@ from interpgen.pipeline import DatasetGenerationPipeline
 from interpgen.store import open_zoo
 from interpgen.formatter import (TrainingDataFormatter, NumberFormat, parse_patterns, count_tokens, record_split,
                                  evaluate_predictions, zoo_candidates, SPLITS)
-from zoo_helpers import cli
+from zoo_helpers import cli, tiny_config
 
-TINY = dict(size=24, seed=5, model=dict(layers=[1, 2], width=[4, 8]),
-            dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
-            training=dict(max_epochs=6, batch_size=32),
-            corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
-            signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
+TINY = tiny_config(24, 5)
 
 
 @pytest.fixture(scope='module')

@@ -7,14 +7,9 @@ import zarr
 from interpgen.sampler import InterpgenError
 from interpgen.pipeline import DatasetGenerationPipeline, load_config, make_candidate, DEFAULT_CONFIG_YAML, GenerationConfig
 from interpgen.store import open_zoo, record_hash
-from zoo_helpers import ROOT, cli, tree, arrays, same_store
+from zoo_helpers import ROOT, cli, tree, arrays, same_store, tiny_config
 
-# small real runs: 1-2 hidden layers of 4-8 units, a few epochs, shards of 8 records in chunks of 4
-TINY = dict(size=48, seed=3, model=dict(layers=[1, 2], width=[4, 8]),
-            dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
-            training=dict(max_epochs=6, batch_size=32),
-            corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
-            signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
+TINY = tiny_config(48, 3)
 
 
 @pytest.fixture(scope='module')

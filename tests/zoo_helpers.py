@@ -8,6 +8,15 @@ from interpgen.store import open_zoo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def tiny_config(size:int, seed:int, max_epochs:int=6) -> dict:
+    "A small real run: 1-2 hidden layers of 4-8 units, a few epochs, shards of 8 records in chunks of 4."
+    return dict(size=size, seed=seed, model=dict(layers=[1, 2], width=[4, 8]),
+                dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
+                training=dict(max_epochs=max_epochs, batch_size=32),
+                corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
+                signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
+
+
 def env() -> dict:
     "The environment for a subprocess, with this checkout first on the path."
     return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
