@@ -341,7 +341,7 @@ def extract(self:ActivationSignatureExtractor,
     "Activation signatures of every model: one batched forward pass over the signature dataset per batch."
     models = [_as_model(m, i, self.sd) for i, m in enumerate(models)]
     check_arg(len(models) > 0, 'models', models, 'at least one model')
-    plan = plan_batches([SimpleNamespace(arch=a) for a, _ in models], self.cfg.models_per_batch)
+    plan = plan_batches([SimpleNamespace(arch=a) for a, _ in models], self.cfg.models_per_batch, key=_batch_key)
     from tqdm.auto import tqdm
     out, old = [None] * len(models), torch.get_num_threads()
     layouts = {a: self.layout(a) for a in dict.fromkeys(a for a, _ in models)}   # one per architecture

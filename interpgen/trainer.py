@@ -17,9 +17,10 @@ from .sampler import InterpgenError, check_arg, PatternDataset
 __all__ = ['ACTIVATIONS', 'ENCODINGS', 'INITS', 'QUANTIZATIONS', 'BENCH_WORKLOADS', 'SubjectArch', 'encode', 'subject_logits',
            'SubjectModel', 'save_subject_model', 'load_subject_model', 'param_shapes', 'flatten_state',
            'unflatten_state', 'init_params', 'TrainJob', 'TrainConfig', 'split_indices', 'split_codes', 'LayerStack',
-           'pack_models', 'unpack_model', 'with_ones', 'batched_forward', 'batched_backward', 'BatchedAdam', 'BatchRun',
-           'train_batch', 'evaluate', 'quantize_tensor', 'quantize_flat', 'TrainResult', 'plan_batches', 'worker_pool',
-           'shutdown_pools', 'SubjectModelTrainer', 'train_reference', 'PeakMemory', 'bench_jobs', 'bench_trainer']
+           'pack_models', 'unpack_model', 'with_ones', 'Layout', 'layout_order', 'batched_forward', 'batched_backward',
+           'BatchedAdam', 'BatchRun', 'train_batch', 'evaluate', 'quantize_tensor', 'quantize_flat', 'TrainResult',
+           'plan_batches', 'worker_pool', 'shutdown_pools', 'SubjectModelTrainer', 'train_reference', 'PeakMemory',
+           'bench_jobs', 'bench_trainer']
 
 # %% ../nbs/01_trainer.ipynb #22ac1693
 ACTIVATIONS = ('relu', 'gelu', 'tanh', 'sigmoid', 'leaky_relu')
@@ -255,23 +256,30 @@ class LayerStack:
         return torch.cat([values[:, None, None].expand(self.M, i, o).reshape(-1) for i, o in self.shapes])
 
 # %% ../nbs/01_trainer.ipynb #cbcf0800
+def _block(l:int, arch:SubjectArch, n_blocks:int) -> int:
+    "The stack block holding layer `l` of `arch`: its hidden layers come first, its output layer is the last block."
+    return l if l < len(arch.hidden) else n_blocks - 1
+
 def pack_models(flats:list, archs:list, dims:tuple, dtype=torch.float32) -> tuple:
     "Place each model's own flat row into a `LayerStack` buffer; also the 0/1 mask of real parameters."
     st = LayerStack(dims, len(flats))
     buf, mask = torch.zeros(st.numel, dtype=dtype), torch.zeros(st.numel, dtype=dtype)
     B, K = st.blocks(buf), st.blocks(mask)
     for m, (flat, arch) in enumerate(zip(flats, archs)):
+        check_arg(len(arch.hidden) < len(dims) - 1 and all(w <= dims[l + 1] for l, w in enumerate(arch.hidden)) and arch.n_in == dims[0],
+                  f'archs[{m}]', arch.dims, f'at most {len(dims) - 2} hidden layers fitting the padded dims {dims}')
         s = 0
         for l, (i, o) in enumerate(param_shapes(arch)):
-            I = dims[l]
-            B[l][m, :i, :o] = flat[s:s + i * o].view(i, o); K[l][m, :i, :o] = 1; s += i * o
-            B[l][m, I, :o] = flat[s:s + o]; K[l][m, I, :o] = 1; s += o
+            b = _block(l, arch, len(st.shapes)); I = dims[b]
+            B[b][m, :i, :o] = flat[s:s + i * o].view(i, o); K[b][m, :i, :o] = 1; s += i * o
+            B[b][m, I, :o] = flat[s:s + o]; K[b][m, I, :o] = 1; s += o
     return st, buf, mask
 
 def unpack_model(st:LayerStack, buf, m:int, arch:SubjectArch) -> torch.Tensor:
     "Model `m`'s own flat row (`flatten_state` layout) from a `LayerStack` buffer."
-    B = st.blocks(buf)
-    return torch.cat([t for l, (i, o) in enumerate(param_shapes(arch)) for t in (B[l][m, :i, :o].reshape(-1), B[l][m, st.dims[l], :o])])
+    B, n = st.blocks(buf), len(st.shapes)
+    return torch.cat([t for l, (i, o) in enumerate(param_shapes(arch)) for b in [_block(l, arch, n)]
+                      for t in (B[b][m, :i, :o].reshape(-1), B[b][m, st.dims[b], :o])])
 
 # %% ../nbs/01_trainer.ipynb #e8eef59d
 _ACT = dict(relu=torch.relu, gelu=torch.nn.functional.gelu, tanh=torch.tanh, sigmoid=torch.sigmoid,
@@ -283,103 +291,208 @@ _ACT_OUT = dict(  # activation written into `out` (a view of a reused buffer)
     leaky_relu=lambda z, out: torch._C._nn.leaky_relu(z, 0.01, out=out))
 _aten = torch.ops.aten
 _ACT_BACK = dict(  # gradient wrt pre-activation z, from the gradient wrt the output, z and the output a
-    relu=lambda g, z, a: _aten.threshold_backward(g, a, 0),
+    relu=lambda g, z, a: _aten.threshold_backward(g, z, 0),      # z > 0 exactly where a > 0; z is contiguous, a is not (~6x faster)
     gelu=lambda g, z, a: _aten.gelu_backward(g, z),
     tanh=lambda g, z, a: _aten.tanh_backward(g, a),
     sigmoid=lambda g, z, a: _aten.sigmoid_backward(g, a),
     leaky_relu=lambda g, z, a: _aten.leaky_relu_backward(g, z, 0.01, False))
+_ACT_BACK_OUT = dict(  # the same, written into `out`
+    relu=lambda g, z, a, out: _aten.threshold_backward.grad_input(g, z, 0, grad_input=out),
+    gelu=lambda g, z, a, out: _aten.gelu_backward.grad_input(g, z, grad_input=out),
+    tanh=lambda g, z, a, out: _aten.tanh_backward.grad_input(g, a, grad_input=out),
+    sigmoid=lambda g, z, a, out: _aten.sigmoid_backward.grad_input(g, a, grad_input=out),
+    leaky_relu=lambda g, z, a, out: _aten.leaky_relu_backward.grad_input(g, z, 0.01, False, grad_input=out))
 
 def with_ones(shape, dtype, device=None) -> torch.Tensor:
-    "A buffer `[*shape[:-1], shape[-1] + 1]` whose last column is 1 (the bias input)."
-    t = torch.empty(*shape[:-1], shape[-1] + 1, dtype=dtype, device=device); t[..., -1] = 1; return t
+    "A zero buffer `[*shape[:-1], shape[-1] + 1]` whose last column is 1 (the bias input)."
+    t = torch.zeros(*shape[:-1], shape[-1] + 1, dtype=dtype, device=device); t.select(-1, -1).fill_(1); return t
 
 # %% ../nbs/01_trainer.ipynb #3ee1ca1f
-def batched_forward(blocks, x, activation, keep=False, drop_masks=None, bufs=None):
+def _runs_by(values) -> list:
+    "Maximal runs `(lo, hi, value)` of equal consecutive `values`."
+    out = []
+    for i, v in enumerate(values):
+        if out and out[-1][2] == v: out[-1][1] = i + 1
+        else: out.append([i, i + 1, v])
+    return [tuple(r) for r in out]
+
+class Layout:
+    "Which models of a batch run each hidden layer, and with which activation, as contiguous runs."
+    def __init__(self, depths, acts, n_layers:int|None=None, multiple:int=1):
+        self.depths, self.acts, self.multiple = tuple(int(d) for d in depths), tuple(acts), multiple
+        self.M, self.D = len(self.depths), n_layers or max(self.depths)
+        check_arg(all(1 <= d <= self.D for d in self.depths), 'depths', self.depths, f'between 1 and {self.D} hidden layers')
+        for a in set(self.acts): check_arg(a in _ACT, 'acts', a, f'one of {list(_ACT)}')
+        # per hidden layer: runs (lo, hi, [(lo, hi, activation), ...]) of the models that have it
+        self.layers = [[(lo, hi, [(lo + i, lo + j, a) for i, j, a in _runs_by(self.acts[lo:hi])])
+                        for lo, hi, on in _runs_by([d > l for d in self.depths]) if on] for l in range(self.D)]
+        # per hidden layer but the last: runs (lo, hi) of the models whose last hidden layer it is
+        self.ends = [[(lo, hi) for lo, hi, e in _runs_by([d == l + 1 for d in self.depths]) if e] for l in range(self.D - 1)]
+        # per hidden layer: the range its matrix products run over, a lone run widened to a multiple of `multiple`
+        self.span = [self._widen(runs) for runs in self.layers]
+
+    def _widen(self, runs):
+        if len(runs) != 1: return None                             # several runs (more than two activations): as they are
+        lo, hi, _ = runs[0]; n = min(self.M, -(-(hi - lo) // self.multiple) * self.multiple)
+        hi = min(self.M, lo + n); return (hi - n, hi)
+
+    @classmethod
+    def of(cls, archs, n_layers:int|None=None, multiple:int=1):
+        "The layout of `archs` in this order."
+        return cls([len(a.hidden) for a in archs], [a.activation for a in archs], n_layers, multiple)
+    def select(self, idx) -> 'Layout':
+        "The layout of the models at `idx` (after some stop early)."
+        return Layout([self.depths[i] for i in idx], [self.acts[i] for i in idx], self.D, self.multiple)
+    @property
+    def n_ops(self) -> int: return sum(len(segs) for runs in self.layers for _, _, segs in runs)
+    def __repr__(self): return f'Layout(M={self.M}, D={self.D}, runs per layer={[len(r) for r in self.layers]}, activation calls={self.n_ops})'
+
+def layout_order(archs) -> list:
+    "Indices of `archs` in batch order: activations in blocks, depth rising in every other block and falling in the rest."
+    acts = sorted({a.activation for a in archs})
+    def key(i):
+        r, d = acts.index(archs[i].activation), len(archs[i].hidden)
+        return (r, d if r % 2 == 0 else -d)
+    return sorted(range(len(archs)), key=key)                     # stable: ties keep their order
+
+# %% ../nbs/01_trainer.ipynb #2b656564
+def batched_forward(blocks, x, layout, keep=False, drop_masks=None, bufs=None):
     "Logits `[M, B]` of every model on its own inputs `x  # [M, B, n_in + 1]` (last column 1); with `keep`, what backward needs."
+    M, D = x.shape[0], len(blocks) - 1
+    if isinstance(layout, str): layout = Layout([D] * M, [layout] * M)   # one depth and activation for all
     h, saved = x, []
+    autograd = torch.is_grad_enabled() and (x.requires_grad or any(b.requires_grad for b in blocks))
+    if not autograd and bufs is None: bufs = [with_ones((M, x.shape[1], W.shape[-1]), x.dtype, x.device) for W in blocks[:-1]]
     for l, W in enumerate(blocks[:-1]):
-        z = torch.bmm(h, W)                                       # [M, B, H]
-        if z.requires_grad:                                        # autograd (tests only): no in-place writes
-            a = _ACT[activation](z); ad = a if drop_masks is None else a * drop_masks[l]
-            h_next = torch.cat([ad, torch.ones_like(ad[..., :1])], -1)
+        runs = layout.layers[l]
+        if autograd:                                               # tests only: no in-place writes; models past their depth pass through
+            z = torch.bmm(h, W); parts, at = [], 0
+            for lo, hi, segs in runs:
+                if at < lo: parts.append(h[at:lo, :, :-1])
+                for slo, shi, act in segs:
+                    a = _ACT[act](z[slo:shi]); parts.append(a if drop_masks is None else a * drop_masks[l][slo:shi])
+                at = hi
+            if at < M: parts.append(h[at:, :, :-1])
+            a = torch.cat(parts); h_next = torch.cat([a, torch.ones_like(a[..., :1])], -1)
         else:
-            h_next = bufs[l] if bufs is not None else with_ones(z.shape, z.dtype, z.device)
-            a = h_next[..., :-1]
-            if drop_masks is None: _ACT_OUT[activation](z, a)
-            else: a_full = _ACT[activation](z); torch.mul(a_full, drop_masks[l], out=a); a = a_full
+            h_next = bufs[l]; a = h_next[..., :-1]
+            span = layout.span[l]
+            if span == (0, M): z = torch.bmm(h, W)                 # [M, B, H]
+            else:
+                z = torch.empty(M, h.shape[1], W.shape[-1], dtype=h.dtype, device=h.device)
+                for lo, hi in ([span] if span else [r[:2] for r in runs]): torch.bmm(h[lo:hi], W[lo:hi], out=z[lo:hi])
+            if drop_masks is not None: a_full = torch.empty_like(z)
+            for lo, hi, segs in runs:
+                for slo, shi, act in segs:
+                    if drop_masks is None: _ACT_OUT[act](z[slo:shi], a[slo:shi])
+                    else: _ACT_OUT[act](z[slo:shi], a_full[slo:shi]); torch.mul(a_full[slo:shi], drop_masks[l][slo:shi], out=a[slo:shi])
+            if drop_masks is not None: a = a_full
+            for lo, hi in (layout.ends[l] if l < D - 1 else ()): bufs[-1][lo:hi].copy_(h_next[lo:hi])   # models ending here
         if keep: saved.append((h, z, a))
-        h = h_next
-    logit = (h * blocks[-1].transpose(1, 2)).sum(-1)             # one output unit: cheaper than a bmm
+        h = h_next if autograd or l < D - 1 else bufs[-1]
+    if h.dtype == torch.bfloat16: logit = torch.bmm(h, blocks[-1]).squeeze(-1)
+    else: logit = (h * blocks[-1].transpose(1, 2)).sum(-1)       # one output unit: in float32 cheaper than a bmm
     return (logit, saved + [h]) if keep else logit
 
-def batched_backward(blocks, gblocks, saved, dlogit, activation, drop_masks=None):
-    "Write into `gblocks` (same layout as `blocks`) the gradients for `dlogit  # [M, B]`, given forward's `saved`."
-    back, d = _ACT_BACK[activation], dlogit.unsqueeze(-1)        # [M, B, 1]
-    gblocks[-1].copy_((saved[-1] * d).sum(1).unsqueeze(-1))
-    dh = d * blocks[-1][:, :-1].transpose(1, 2)                   # [M, B, H]
-    for l in range(len(blocks) - 2, -1, -1):
-        h, z, a = saved[l]
-        if drop_masks is not None: dh = dh * drop_masks[l]
-        dz = back(dh, z, a)
-        torch.bmm(h.transpose(1, 2), dz, out=gblocks[l])          # weight and bias gradients at once
-        if l > 0: dh = torch.bmm(dz, blocks[l][:, :-1].transpose(1, 2))
+def batched_backward(blocks, gblocks, saved, dlogit, layout, drop_masks=None):
+    "Write into `gblocks` (same layout as `blocks`; zero where a model lacks a layer) the gradients for `dlogit  # [M, B]`, given forward's `saved`."
+    M, D = dlogit.shape[0], len(blocks) - 1
+    if isinstance(layout, str): layout = Layout([D] * M, [layout] * M)
+    d = dlogit.unsqueeze(-1)                                      # [M, B, 1]
+    if d.dtype == torch.bfloat16: torch.bmm(saved[-1].transpose(1, 2), d, out=gblocks[-1])
+    else: gblocks[-1].copy_((saved[-1] * d).sum(1).unsqueeze(-1))
+    bf16 = d.dtype == torch.bfloat16                               # (which of two equal forms is faster differs by dtype)
+    dh = torch.bmm(d, blocks[-1][:, :-1].transpose(1, 2)) if bf16 else d * blocks[-1][:, :-1].transpose(1, 2)
+                                                                  # [M, B, H]: each model's gradient at its last hidden layer
+    for l in range(D - 1, -1, -1):
+        h, z, a = saved[l]; runs = layout.layers[l]
+        for lo, hi, segs in runs:                                 # a model waits until its own last layer is reached
+            xlo, xhi = layout.span[l] or (lo, hi)                  # the products' range: widened by rows of zero gradient
+            g = dh[lo:hi] if drop_masks is None else dh[lo:hi] * drop_masks[l][lo:hi]
+            if len(segs) == 1 and (xlo, xhi) == (lo, hi): dz = _ACT_BACK[segs[0][2]](g, z[lo:hi], a[lo:hi])
+            else:
+                dz = torch.empty(xhi - xlo, *g.shape[1:], dtype=g.dtype, device=g.device)
+                if xlo < lo: dz[:lo - xlo].zero_()
+                if hi < xhi: dz[hi - xlo:].zero_()
+                for slo, shi, act in segs: _ACT_BACK_OUT[act](g[slo - lo:shi - lo], z[slo:shi], a[slo:shi], dz[slo - xlo:shi - xlo])
+            torch.bmm(h[xlo:xhi].transpose(1, 2), dz, out=gblocks[l][xlo:xhi])   # weight and bias gradients at once
+            if l == 0: continue
+            Wr = blocks[l][xlo:xhi, :-1]                          # the weight rows, without the bias row
+            if bf16: Wr = Wr.contiguous()                          # a bfloat16 bmm on the strided view is ~2x slower than copy + bmm
+            if (xlo, xhi) == (0, M) and (lo, hi) == (0, M): dh = torch.bmm(dz, Wr.transpose(1, 2))
+            elif (xlo, xhi) == (lo, hi): torch.bmm(dz, Wr.transpose(1, 2), out=dh[lo:hi])
+            else: dh[lo:hi] = torch.bmm(dz, Wr.transpose(1, 2))[lo - xlo:hi - xlo]   # the widening rows' dh must wait
 
 # %% ../nbs/01_trainer.ipynb #8a0b6984
+_FUSED_ADAM = getattr(torch, '_fused_adam_', None)   # PyTorch's one-pass Adam kernel (what `Adam(fused=True)` runs)
 _TINY = 1e-30  # floor for Adam's second moment inside the square root: denormal floats make `sqrt` ~30x slower,
                # and sqrt(1e-30) = 1e-15 is far below eps = 1e-8, so the update is unchanged
 
 class BatchedAdam:
-    "Adam over a `LayerStack` buffer, with per-model learning rate and step count."
+    "Adam over a `LayerStack` buffer, with per-model learning rate and step count; it holds the weights divided by the learning rate."
     def __init__(self, st:LayerStack, params:torch.Tensor, lr:torch.Tensor, betas=(0.9, 0.999), eps=1e-8):
-        self.st, self.p, (self.b1, self.b2), self.eps = st, params, betas, eps
-        self.lr = torch.as_tensor(lr, dtype=params.dtype).reshape(-1)
+        (self.b1, self.b2), self.eps = betas, eps
+        self.st, self.lr = st, torch.as_tensor(lr, dtype=params.dtype).reshape(-1).to(params.device)
+        self.q = params / st.per_model(self.lr)                    # q = p / lr: a step of lr 1 on q is a step of lr on p
         self.m, self.v = torch.zeros_like(params), torch.zeros_like(params)
         self.t = torch.zeros(st.M, dtype=torch.long, device=params.device)
-        self.lr_full = st.per_model(self.lr)
+
+    def weights(self, dtype=None) -> list:
+        "Every layer's weights `p = lr * q` as blocks `[M, in + 1, out]`, in `dtype` (default: the optimiser's)."
+        lr = self.lr[:, None, None]
+        return [torch.mul(Q, lr, out=torch.empty(Q.shape, dtype=dtype or Q.dtype, device=Q.device)) for Q in self.st.blocks(self.q)]
 
     def step(self, grad:torch.Tensor, active:torch.Tensor|None=None):
         "Update the models where bool `active  # [M]` is set (all if None) with `grad` (zero for inactive models)."
         if active is not None and bool(active.all()): active = None
         if active is None and bool((self.t == self.t[0]).all()):
-            self.t += 1; t = int(self.t[0])
-            c1, c2 = 1 - self.b1 ** t, 1 - self.b2 ** t
+            self.t += 1
+            if _FUSED_ADAM:                                        # PyTorch's one-pass kernel, learning rate 1
+                _FUSED_ADAM([self.q], [grad], [self.m], [self.v], [], [self.t[:1].to(self.q.dtype)], lr=1.0, beta1=self.b1,
+                            beta2=self.b2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
+                return
+            t = int(self.t[0]); c1, c2 = 1 - self.b1 ** t, 1 - self.b2 ** t
             self.m.lerp_(grad, 1 - self.b1); self.v.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
-            denom = torch.clamp_min(self.v, _TINY).div_(c2).sqrt_().add_(self.eps)
-            self.p.addcdiv_(self.m * self.lr_full, denom, value=-1 / c1)
+            self.q.addcdiv_(self.m, torch.clamp_min(self.v, _TINY).div_(c2).sqrt_().add_(self.eps), value=-1 / c1)
             return
         on = torch.ones(self.st.M, dtype=torch.bool) if active is None else active
-        self.t += on.long(); dt = self.p.dtype
+        self.t += on.long(); dt = self.q.dtype
         t = self.t.clamp(min=1).to(torch.float64)        # a model that has not stepped yet: any finite correction
         c1, c2 = (1 - self.b1 ** t).to(dt), (1 - self.b2 ** t).to(dt)
-        one = torch.ones(self.st.M, dtype=dt, device=self.p.device)
+        one = torch.ones(self.st.M, dtype=dt, device=self.q.device)
         b1, b2 = torch.where(on, one * self.b1, one), torch.where(on, one * self.b2, one)  # inactive: moments kept
-        step = torch.where(on, self.lr / c1, 0.0).to(dt)
-        for P, G, Mo, V in zip(*(self.st.blocks(x) for x in (self.p, grad, self.m, self.v))):
+        step = torch.where(on, 1 / c1, 0.0).to(dt)
+        for Q, G, Mo, V in zip(*(self.st.blocks(x) for x in (self.q, grad, self.m, self.v))):
             Mo.mul_(b1[:, None, None]).add_(G, alpha=1 - self.b1)
             V.mul_(b2[:, None, None]).addcmul_(G, G, value=1 - self.b2)
-            P.addcdiv_(Mo * step[:, None, None], torch.clamp_min(V, _TINY).div_(c2[:, None, None]).sqrt_().add_(self.eps), value=-1)
+            Q.addcdiv_(Mo * step[:, None, None], torch.clamp_min(V, _TINY).div_(c2[:, None, None]).sqrt_().add_(self.eps), value=-1)
 
-    def select(self, st:LayerStack, params:torch.Tensor, idx):
-        "Keep only the models at `idx` (after some stop early); `params` is the new buffer."
+    def select(self, st:LayerStack, idx):
+        "Keep only the models at `idx` (after some stop early), laid out by `st`."
         old = self.st
-        self.m, self.v = old.select(self.m, idx), old.select(self.v, idx)
-        self.st, self.p, self.lr, self.t = st, params, self.lr[idx], self.t[idx]
-        self.lr_full = st.per_model(self.lr)
+        self.q, self.m, self.v = old.select(self.q, idx), old.select(self.m, idx), old.select(self.v, idx)
+        self.st, self.lr, self.t = st, self.lr[idx], self.t[idx]
 
 # %% ../nbs/01_trainer.ipynb #d9ee791c
-def _group_dims(archs):
-    "Padded dims for a batch of equal depth: the widest width per layer."
-    return tuple(max(a.dims[l] for a in archs) for l in range(len(archs[0].dims)))
+def _group_dims(archs, multiple:int=1):
+    "Padded dims for a batch: the widest width per layer (rounded up to `multiple`); with mixed depths, the widest hidden width for every hidden layer."
+    D, up = max(len(a.hidden) for a in archs), lambda w: -(-w // multiple) * multiple
+    if all(len(a.hidden) == D for a in archs): return (archs[0].n_in, *[up(max(a.hidden[l] for a in archs)) for l in range(D)], 1)
+    return (archs[0].n_in, *[up(max(w for a in archs for w in a.hidden))] * D, 1)   # a model's last state may sit in any layer
+
+_WIDTH_MULTIPLE = 8   # training pads hidden widths to a multiple of 8: odd widths cost more than the few extra units
 
 def _batch_key(a:SubjectArch): return (len(a.hidden), a.activation, a.encoding, a.dropout, a.vocab_size, a.seq_len)
+def _train_key(a:SubjectArch): return (a.encoding, a.dropout, a.vocab_size, a.seq_len)   # what a training batch must share
 
 def _bce(logit, y):
     "Elementwise binary cross-entropy with logits."
     return logit.clamp(min=0) - logit * y + torch.log1p(torch.exp(-logit.abs()))
 
 def _gather(X, rows):
-    "Rows of the flat example table `X  # [N_all, F]` at `rows  # [M, B]` -> `[M, B, F]`."
-    return X.index_select(0, rows.reshape(-1)).view(*rows.shape, X.shape[1])
+    "Rows of the flat example table `X  # [N_all, F]` at `rows  # [M, B]` -> `[M, B, F]` (or `[M, B]` for a 1-D `X`)."
+    if X.ndim == 1: return X.index_select(0, rows.reshape(-1)).view(rows.shape)
+    return torch.nn.functional.embedding(rows, X)                 # a row gather, ~2x faster than `index_select` here
 
 # %% ../nbs/01_trainer.ipynb #f106d45d
 class _Data:
@@ -402,10 +515,10 @@ class _Data:
         return rows.to(self.device), ok.to(self.device)
 
 @torch.no_grad()
-def _eval_split(blocks, data, rows, ok, labels, activation):
+def _eval_split(blocks, data, rows, ok, labels, layout):
     "Per-model mean loss and accuracy over the valid `rows`, and the logits `[M, n]`."
-    logit = batched_forward(blocks, _gather(data.X, rows), activation)
-    y = labels[rows]; okf = ok.to(logit.dtype); n = okf.sum(1).clamp(min=1)
+    logit = batched_forward(blocks, _gather(data.X, rows), layout)
+    y = _gather(labels, rows); okf = ok.to(logit.dtype); n = okf.sum(1).clamp(min=1)
     loss = (_bce(logit, y) * okf).sum(1) / n
     acc = (((logit > 0).to(y.dtype) == y).to(logit.dtype) * okf).sum(1) / n
     return loss, acc, logit
@@ -419,45 +532,50 @@ def _epoch_rows(rngs, train_rows, bs):
 
 # %% ../nbs/01_trainer.ipynb #89633231
 class BatchRun:
-    "`M` jobs of one depth, activation and encoding training together."
+    "`M` jobs of one encoding (and dropout) training together; depths and activations may differ."
     def __init__(self, jobs:Sequence[TrainJob], cfg:TrainConfig):
         self.jobs, self.cfg, self.M = list(jobs), cfg, len(jobs)
         self.dt, self.dev, self.bs = cfg.torch_dtype, cfg.torch_device, cfg.batch_size
         archs = [j.arch for j in jobs]
-        check_arg(len({_batch_key(a) for a in archs}) == 1, 'jobs', 'architectures', 'one depth, activation, encoding, dropout and space per batch')
-        self.act, self.dropout, self.dims = archs[0].activation, archs[0].dropout, _group_dims(archs)
+        check_arg(len({_train_key(a) for a in archs}) == 1, 'jobs', 'architectures', 'one encoding, dropout and space per batch')
+        self.dropout, self.dims = archs[0].dropout, _group_dims(archs, _WIDTH_MULTIPLE)
+        # with bfloat16 matmuls, shapes come in steps of `multiple` (see below)
+        self.multiple = _WIDTH_MULTIPLE if cfg.matmul_dtype else 1
+        self.layout = Layout.of(archs, len(self.dims) - 2, self.multiple)
         inits = [(j.init if j.init is not None else init_params(j.arch, j.seed, scheme=cfg.init)).to(self.dt) for j in jobs]
         self.st, flat, pmask = pack_models(inits, archs, self.dims, self.dt)
-        self.padded, self.flat, self.pmask = bool((pmask == 0).any()), flat.to(self.dev), pmask.to(self.dev)
+        # padded weights get exactly zero gradients, except after a sigmoid (0.5 at zero input): mask only then
+        self.padded = bool((pmask == 0).any()) and 'sigmoid' in self.layout.acts
+        flat, self.pmask = flat.to(self.dev), pmask.to(self.dev)
         self.data = _Data(jobs, cfg, self.dt, self.dev)
-        self.opt = BatchedAdam(self.st, self.flat, torch.tensor([j.lr for j in jobs], dtype=self.dt, device=self.dev))
+        self.opt = BatchedAdam(self.st, flat, torch.tensor([j.lr for j in jobs], dtype=self.dt, device=self.dev))
         self.rngs = [np.random.default_rng([int(j.seed), 0x5487]) for j in jobs]
         self.drop_g = torch.Generator().manual_seed(sum(int(j.seed) for j in jobs) % 2**63)
-        self.alive = list(range(self.M))                          # models still training, in batch order
-        self.best_st, self.best = self.st, self.flat.clone()
+        self.alive = list(range(self.M))                          # the models in the buffers, in batch order
+        self.done = np.zeros(self.M, dtype=bool)                   # models stopped early (some ride along until compaction)
+        self.best = flat                                           # each slot's best weights so far (the initial ones first)
+        self.final = {}                                            # job -> best flat params of models that left the batch
         self.best_loss, self.wait = torch.full((self.M,), math.inf, dtype=self.dt), torch.zeros(self.M, dtype=torch.long)
         self.hist = {k: np.full((self.M, cfg.max_epochs), np.nan) for k in ('train_loss', 'val_loss', 'val_acc')}
         self.stopped_at = np.full(self.M, cfg.max_epochs)
 
 # %% ../nbs/01_trainer.ipynb #26a47437
 @patch
-def train_step(self:BatchRun, r, v, bufs, grad) -> tuple:
+def train_step(self:BatchRun, r, v, bufs, grad, gmm) -> tuple:
     "One optimiser step on rows `r  # [M_alive, bs]` with validity `v`; returns per-model loss sums and counts."
-    width = int(v.sum(1).max())
+    width = min(self.bs, -(-int(v.sum(1).max()) // self.multiple) * self.multiple)
     if width < self.bs: r, v, bufs = r[:, :width], v[:, :width], [b[:, :width] for b in bufs]
     mm = self.cfg.torch_matmul_dtype
-    x, y, vf = _gather(self.data.Xc, r), self.data.y[r], v.to(self.dt); nv = vf.sum(1)
+    x, y, vf = _gather(self.data.Xc, r), _gather(self.data.y, r), v.to(self.dt); nv = vf.sum(1)
     masks = None
     if self.dropout > 0:
         p, Ma = self.dropout, len(self.alive)
         masks = [(torch.rand(Ma, width, d, generator=self.drop_g, dtype=self.dt) >= p).to(mm).to(self.dev) / (1 - p) for d in self.dims[1:-1]]
-    blocks = self.st.blocks(self.flat)
-    if mm != self.dt: blocks = [b.to(mm) for b in blocks]          # bfloat16 copies of the weights for this step
-    logit, saved = batched_forward(blocks, x, self.act, keep=True, drop_masks=masks, bufs=bufs)
+    blocks = self.opt.weights(mm)                                 # this step's weights (in bfloat16 with `matmul_dtype`)
+    logit, saved = batched_forward(blocks, x, self.layout, keep=True, drop_masks=masks, bufs=bufs)
     logit = logit.to(self.dt)
-    g = grad if mm == self.dt else torch.empty_like(grad, dtype=mm)
-    batched_backward(blocks, self.st.blocks(g), saved, ((torch.sigmoid(logit) - y) * vf / nv.clamp(min=1).unsqueeze(1)).to(mm), self.act, masks)
-    if g is not grad: grad.copy_(g)
+    batched_backward(blocks, self.st.blocks(gmm), saved, ((torch.sigmoid(logit) - y) * vf / nv.clamp(min=1).unsqueeze(1)).to(mm), self.layout, masks)
+    if gmm is not grad: grad.copy_(gmm)
     if self.padded: grad.mul_(self.pmask)
     self.opt.step(grad, nv > 0)
     return (_bce(logit, y) * vf).sum(1), nv
@@ -467,50 +585,65 @@ def train_step(self:BatchRun, r, v, bufs, grad) -> tuple:
 def train_epoch(self:BatchRun) -> torch.Tensor:
     "Train every alive model for one epoch; returns their mean training loss."
     Ma, bs = len(self.alive), self.bs
-    grad = torch.zeros_like(self.flat)
-    bufs = [with_ones((Ma, bs, d), self.cfg.torch_matmul_dtype, self.dev) for d in self.dims[1:-1]]     # reused by every step
+    mm = self.cfg.torch_matmul_dtype
+    grad = torch.zeros_like(self.opt.q)                           # stays zero where a model lacks a layer
+    gmm = grad if mm == self.dt else torch.zeros_like(grad, dtype=mm)
+    bufs = [with_ones((Ma, bs, d), mm, self.dev) for d in self.dims[1:-1]]     # reused by every step
     rows, ok, steps = _epoch_rows([self.rngs[m] for m in self.alive], [self.data.splits[m][0] for m in self.alive], bs)
     rows, ok = rows.to(self.dev), ok.to(self.dev)
     tot, n = torch.zeros(Ma, dtype=self.dt, device=self.dev), torch.zeros(Ma, dtype=self.dt, device=self.dev)
     for s in range(steps):
-        l, k = self.train_step(rows[:, s * bs:(s + 1) * bs], ok[:, s * bs:(s + 1) * bs], bufs, grad)
+        l, k = self.train_step(rows[:, s * bs:(s + 1) * bs], ok[:, s * bs:(s + 1) * bs], bufs, grad, gmm)
         tot += l; n += k
     return tot / n.clamp(min=1)
 
 # %% ../nbs/01_trainer.ipynb #3e14d0cf
 @patch
 def end_epoch(self:BatchRun, epoch:int, train_loss:torch.Tensor) -> bool:
-    "Validate, snapshot improved models, stop and compact patient ones; `False` when none is left."
-    vrows, vok = self.data.padded(1, self.alive)
-    blocks = self.st.blocks(self.flat)
-    vloss, vacc, _ = _eval_split(blocks, self.data, vrows, vok, self.data.y, self.act)
-    vloss, al = vloss.cpu(), torch.tensor(self.alive)             # early-stopping bookkeeping lives on the CPU
-    h = self.hist; h['train_loss'][self.alive, epoch] = train_loss.cpu().double().numpy()
-    h['val_loss'][self.alive, epoch] = vloss.double().numpy(); h['val_acc'][self.alive, epoch] = vacc.cpu().double().numpy()
-    better = vloss < self.best_loss[al]
+    "Validate, snapshot improved models, stop patient ones and compact; `False` when none is left."
+    if getattr(self, '_val', (None,))[0] != self.alive: self._val = (list(self.alive), *self.data.padded(1, self.alive))
+    _, vrows, vok = self._val
+    blocks = self.opt.weights()
+    vloss, vacc, _ = _eval_split(blocks, self.data, vrows, vok, self.data.y, self.layout)
+    vloss, vacc, tl = vloss.cpu(), vacc.cpu(), train_loss.cpu()   # early-stopping bookkeeping lives on the CPU
+    slots = torch.tensor(self.alive); live = torch.from_numpy(~self.done[self.alive])   # the rest ride along
+    al, vl = slots[live], vloss[live]
+    h, an = self.hist, al.numpy(); h['train_loss'][an, epoch] = tl[live].double().numpy()
+    h['val_loss'][an, epoch] = vl.double().numpy(); h['val_acc'][an, epoch] = vacc[live].double().numpy()
+    better = torch.zeros(len(slots), dtype=torch.bool); better[live] = vl < self.best_loss[al]
     if bool(better.any()):
-        for bb, fb in zip(self.best_st.blocks(self.best), blocks): bb[al[better].to(self.dev)] = fb[better.to(self.dev)]
-        self.best_loss[al[better]] = vloss[better]
-    self.wait[al] = torch.where(better, 0, self.wait[al] + 1)
-    if self.cfg.patience is None or not bool((stop := self.wait[al] >= self.cfg.patience).any()): return True
-    self.stopped_at[al[stop].numpy()] = epoch + 1
-    keep = (~stop).nonzero().flatten()
-    self.alive = [self.alive[i] for i in keep.tolist()]
-    if not self.alive: return False
+        b = better.to(self.dev)[:, None, None]
+        for bb, fb in zip(self.st.blocks(self.best), blocks): torch.where(b, fb, bb, out=bb)
+        self.best_loss[slots[better]] = vloss[better]
+    self.wait[al] = torch.where(better[live], 0, self.wait[al] + 1)
+    if self.cfg.patience is not None:
+        stop = al[self.wait[al] >= self.cfg.patience].numpy(); self.stopped_at[stop] = epoch + 1; self.done[stop] = True
+    on = ~self.done[self.alive]; n_live = int(on.sum())
+    if n_live == 0: return False
+    n_keep = min(len(slots), -(-n_live // self.multiple) * self.multiple)
+    if n_keep == len(slots): return True
+    keep = np.sort(np.concatenate([np.flatnonzero(on), np.flatnonzero(~on)[:n_keep - n_live]]))   # live, then passengers
+    best = self.best.cpu()
+    for i in sorted(set(range(len(slots))) - set(keep.tolist())):   # models leaving: keep their best weights
+        self.final[self.alive[i]] = unpack_model(self.st, best, i, self.jobs[self.alive[i]].arch)
+    self.alive = [self.alive[i] for i in keep.tolist()]; keep = torch.from_numpy(keep)
+    self.best = self.st.select(self.best, keep)
     new_st = LayerStack(self.dims, len(self.alive))
-    self.flat, self.pmask = self.st.select(self.flat, keep), self.st.select(self.pmask, keep)
-    self.opt.select(new_st, self.flat, keep); self.st = new_st
+    self.pmask = self.st.select(self.pmask, keep) if self.padded else None     # (only read when padded)
+    self.opt.select(new_st, keep); self.st = new_st; self.layout = self.layout.select(keep.tolist())
     return True
 
 # %% ../nbs/01_trainer.ipynb #32d4b42d
 def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
-    "Train `jobs` (one depth, activation, encoding) together; returns each job's best flat params, histories, stop epochs."
-    run = BatchRun(jobs, cfg)
+    "Train `jobs` (one encoding) together; returns each job's best flat params, histories `[M, epochs]` and stop epochs, in job order."
+    order = layout_order([j.arch for j in jobs])                  # (a no-op for batches from `plan_batches`)
+    run = BatchRun([jobs[i] for i in order], cfg)
     for epoch in range(cfg.max_epochs):
         if not run.end_epoch(epoch, run.train_epoch()): break
     best = run.best.cpu()
-    params = [unpack_model(run.best_st, best, m, j.arch) for m, j in enumerate(run.jobs)]
-    return params, run.hist, run.stopped_at, run.data, run.dims
+    for i, m in enumerate(run.alive): run.final[m] = unpack_model(run.st, best, i, run.jobs[m].arch)
+    back = np.argsort(order)
+    return [run.final[m] for m in back], {k: v[back] for k, v in run.hist.items()}, run.stopped_at[back]
 
 # %% ../nbs/01_trainer.ipynb #228724e9
 @torch.no_grad()
@@ -568,17 +701,18 @@ class TrainResult:
         m = SubjectModel(self.arch).to(self.params.dtype); m.load_state_dict(self.state_dict); return m.eval()
 
 # %% ../nbs/01_trainer.ipynb #98390198
-def plan_batches(jobs:Sequence[TrainJob], models_per_batch:int) -> list:
-    "Job indices per batch: grouped by `_batch_key`, sorted by (widest layer, index) so a batch pads little, then cut."
+def plan_batches(jobs:Sequence[TrainJob], models_per_batch:int, key=_train_key) -> list:
+    "Job indices per batch: grouped by `key`, sorted by (widest layer, index) so a batch pads little, cut, each batch in `layout_order`."
     groups: dict = {}
-    for i, j in enumerate(jobs): groups.setdefault(_batch_key(j.arch), []).append(i)
+    for i, j in enumerate(jobs): groups.setdefault(key(j.arch), []).append(i)
     out = []
     for g in groups.values():
         g = sorted(g, key=lambda i: (max(jobs[i].arch.hidden), i))
-        out += [g[s:s + models_per_batch] for s in range(0, len(g), models_per_batch)]
+        for s in range(0, len(g), models_per_batch):
+            b = g[s:s + models_per_batch]; out.append([b[i] for i in layout_order([jobs[k].arch for k in b])])
     return out
 
-def _finish(jobs, cfg, params, hist, stopped_at, data):
+def _finish(jobs, cfg, params, hist, stopped_at):
     "Test metrics (and quantization) for one trained batch."
     out = []
     for m, (j, p) in enumerate(zip(jobs, params)):
@@ -598,8 +732,7 @@ def _run_batch(args):
     "Worker entry: train one batch of jobs and finish it."
     jobs, cfg = args
     if cfg.threads and cfg.torch_device.type == 'cpu': torch.set_num_threads(cfg.threads)
-    params, hist, stopped_at, data, _ = train_batch(jobs, cfg)
-    return _finish(jobs, cfg, params, hist, stopped_at, data)
+    return _finish(jobs, cfg, *train_batch(jobs, cfg))
 
 # %% ../nbs/01_trainer.ipynb #e3f2035f
 _POOLS: dict = {}
@@ -615,6 +748,9 @@ def worker_pool(workers:int):
 
 def _worker_ready(*_):
     "Runs in each worker as it starts (importing this module, hence torch); `worker_pool(n).map(_worker_ready, ...)` waits for them."
+    # oneDNN keeps the kernels it built for 1,024 matmul shapes by default; a long run meets more (several widths,
+    # batch sizes in steps of 8, partial last mini-batches) and would rebuild them. Read at its first matmul.
+    os.environ.setdefault('ONEDNN_PRIMITIVE_CACHE_CAPACITY', '4096')
     return os.getpid()
 
 def shutdown_pools():
@@ -741,6 +877,7 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
                   workers:int=2, # processes for the batched trainer
                   per_model:bool=True, # also time the per-model loop
                   bf16:bool=True, # also time the batched trainer with bfloat16 matmuls (`TrainConfig.matmul_dtype`)
+                  warmup:int=256, # other models each path trains first, untimed (8 for the per-model loop); 0: none
                   log=print) -> list: # one row per workload and path
     "Time the per-model loop and the batched trainer on the same models; returns table rows."
     rows = []
@@ -749,16 +886,17 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
         log(f"worker pool ({workers} processes) started in {time.perf_counter() - t0:.1f} s (once per session, not counted)")
     for wl in workloads:
         jobs, cfg = bench_jobs(wl, n_models)
+        other = bench_jobs(wl, warmup, seed=1)[0] if warmup else []
         paths = ([('per-model loop', 1, None)] if per_model else []) + [('batched, 1 process', 1, None)] + (
             [(f'batched, {workers} processes', workers, None)] if workers > 1 else []) + (
             [(f'batched, bf16 matmuls, {workers} process{"es" if workers > 1 else ""}', workers, 'bfloat16')] if bf16 else [])
         for name, w, mm in paths:
+            if name == 'per-model loop': train, warm = (lambda js: [train_reference(j, cfg) for j in js]), other[:8]
+            else: train, warm = (lambda js, c=replace(cfg, matmul_dtype=mm), w=w: SubjectModelTrainer(c).fit(js, workers=w)), other
+            if warm: train(warm)
             with PeakMemory() as pm:
-                t0 = time.perf_counter()
-                if name == 'per-model loop': res = [train_reference(j, cfg) for j in jobs]
-                else: res = SubjectModelTrainer(replace(cfg, matmul_dtype=mm)).fit(jobs, workers=w)
-                el = time.perf_counter() - t0
-            rows.append(dict(workload=wl, path=name, models=len(jobs), seconds=round(el, 2), models_per_s=round(len(jobs) / el, 1),
+                t0 = time.perf_counter(); res = train(jobs); el = time.perf_counter() - t0
+            rows.append(dict(workload=wl, path=name, models=len(jobs), warmup=len(warm), seconds=round(el, 2), models_per_s=round(len(jobs) / el, 1),
                              peak_mb=round(pm.peak_mb), mean_test_acc=round(float(np.mean([r.metrics['acc'] for r in res])), 4),
                              mean_epochs=round(float(np.mean([r.epochs for r in res])), 1)))
             log(' | '.join(f'{k}={v}' for k, v in rows[-1].items()))

@@ -27,6 +27,25 @@ def test_model_in_batch_matches_model_alone_float64(jobs):
         alone = SubjectModelTrainer(cfg).fit([jobs[k]])[0]
         assert (together[k].params - alone.params).abs().max() < 1e-9
 
+def test_mixed_batch_in_bfloat16_matches_models_alone():
+    "Depths 6-9, relu and gelu in one batch, stopping at different epochs (stopped models ride along until compaction)."
+    jobs, cfg = bench_jobs('reference', 24)
+    cfg = replace(cfg, matmul_dtype='bfloat16', max_epochs=12, patience=2)
+    assert len(plan_batches(jobs, cfg.models_per_batch)) == 1
+    assert len({(len(j.arch.hidden), j.arch.activation) for j in jobs}) >= 6
+    together = SubjectModelTrainer(cfg).fit(jobs)
+    assert len({r.epochs for r in together}) >= 3
+    for r in together: assert len(r.history['val_loss']) == r.epochs and not np.isnan(r.history['val_loss']).any()
+    for k in (0, 7, 15, 23):
+        alone = SubjectModelTrainer(cfg).fit([jobs[k]])[0]
+        assert (together[k].params - alone.params).abs().max() < 1e-5
+        assert together[k].epochs == alone.epochs and together[k].metrics['acc'] == alone.metrics['acc']
+        assert np.allclose(together[k].history['val_loss'], alone.history['val_loss'], atol=1e-5)
+
+def test_workers_keep_more_matmul_kernels():
+    import os
+    assert worker_pool(2).submit(os.getenv, 'ONEDNN_PRIMITIVE_CACHE_CAPACITY').result() is not None
+
 def test_stored_model_is_the_evaluated_model(jobs, tmp_path):
     r = SubjectModelTrainer(CFG).fit(jobs[:2])[1]
     save_subject_model(r.model(), tmp_path / 'm.safetensors', metadata={'seed': r.seed})
