@@ -398,10 +398,9 @@ def batched_backward(blocks, gblocks, saved, dlogit, layout, drop_masks=None):
     "Write into `gblocks` (same layout as `blocks`; zero where a model lacks a layer) the gradients for `dlogit  # [M, B]`, given forward's `saved`."
     M, D = dlogit.shape[0], len(blocks) - 1
     if isinstance(layout, str): layout = Layout([D] * M, [layout] * M)
-    d = dlogit.unsqueeze(-1)                                      # [M, B, 1]
-    if d.dtype == torch.bfloat16: torch.bmm(saved[-1].transpose(1, 2), d, out=gblocks[-1])
+    d, bf16 = dlogit.unsqueeze(-1), dlogit.dtype == torch.bfloat16   # [M, B, 1]; which of two equal forms is faster differs by dtype
+    if bf16: torch.bmm(saved[-1].transpose(1, 2), d, out=gblocks[-1])
     else: gblocks[-1].copy_((saved[-1] * d).sum(1).unsqueeze(-1))
-    bf16 = d.dtype == torch.bfloat16                               # (which of two equal forms is faster differs by dtype)
     dh = torch.bmm(d, blocks[-1][:, :-1].transpose(1, 2)) if bf16 else d * blocks[-1][:, :-1].transpose(1, 2)
                                                                   # [M, B, H]: each model's gradient at its last hidden layer
     for l in range(D - 1, -1, -1):
@@ -555,6 +554,7 @@ class BatchRun:
         self.done = np.zeros(self.M, dtype=bool)                   # models stopped early (some ride along until compaction)
         self.best = flat                                           # each slot's best weights so far (the initial ones first)
         self.final = {}                                            # job -> best flat params of models that left the batch
+        self._val = (None, None, None)                             # (alive, rows, validity) of the validation split
         self.best_loss, self.wait = torch.full((self.M,), math.inf, dtype=self.dt), torch.zeros(self.M, dtype=torch.long)
         self.hist = {k: np.full((self.M, cfg.max_epochs), np.nan) for k in ('train_loss', 'val_loss', 'val_acc')}
         self.stopped_at = np.full(self.M, cfg.max_epochs)
@@ -601,7 +601,7 @@ def train_epoch(self:BatchRun) -> torch.Tensor:
 @patch
 def end_epoch(self:BatchRun, epoch:int, train_loss:torch.Tensor) -> bool:
     "Validate, snapshot improved models, stop patient ones and compact; `False` when none is left."
-    if getattr(self, '_val', (None,))[0] != self.alive: self._val = (list(self.alive), *self.data.padded(1, self.alive))
+    if self._val[0] != self.alive: self._val = (list(self.alive), *self.data.padded(1, self.alive))
     _, vrows, vok = self._val
     blocks = self.opt.weights()
     vloss, vacc, _ = _eval_split(blocks, self.data, vrows, vok, self.data.y, self.layout)
@@ -623,9 +623,7 @@ def end_epoch(self:BatchRun, epoch:int, train_loss:torch.Tensor) -> bool:
     n_keep = min(len(slots), -(-n_live // self.multiple) * self.multiple)
     if n_keep == len(slots): return True
     keep = np.sort(np.concatenate([np.flatnonzero(on), np.flatnonzero(~on)[:n_keep - n_live]]))   # live, then passengers
-    best = self.best.cpu()
-    for i in sorted(set(range(len(slots))) - set(keep.tolist())):   # models leaving: keep their best weights
-        self.final[self.alive[i]] = unpack_model(self.st, best, i, self.jobs[self.alive[i]].arch)
+    self.retire(np.setdiff1d(np.arange(len(slots)), keep))
     self.alive = [self.alive[i] for i in keep.tolist()]; keep = torch.from_numpy(keep)
     self.best = self.st.select(self.best, keep)
     new_st = LayerStack(self.dims, len(self.alive))
@@ -634,14 +632,19 @@ def end_epoch(self:BatchRun, epoch:int, train_loss:torch.Tensor) -> bool:
     return True
 
 # %% ../nbs/01_trainer.ipynb #32d4b42d
+@patch
+def retire(self:BatchRun, slots):
+    "Keep the best weights of the models in `slots` (leaving the batch) as their own flat rows in `final`."
+    best = self.best.cpu()
+    for i in slots: self.final[self.alive[i]] = unpack_model(self.st, best, int(i), self.jobs[self.alive[i]].arch)
+
 def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
     "Train `jobs` (one encoding) together; returns each job's best flat params, histories `[M, epochs]` and stop epochs, in job order."
     order = layout_order([j.arch for j in jobs])                  # (a no-op for batches from `plan_batches`)
     run = BatchRun([jobs[i] for i in order], cfg)
     for epoch in range(cfg.max_epochs):
         if not run.end_epoch(epoch, run.train_epoch()): break
-    best = run.best.cpu()
-    for i, m in enumerate(run.alive): run.final[m] = unpack_model(run.st, best, i, run.jobs[m].arch)
+    run.retire(range(len(run.alive)))
     back = np.argsort(order)
     return [run.final[m] for m in back], {k: v[back] for k, v in run.hist.items()}, run.stopped_at[back]
 
