@@ -881,8 +881,11 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
                   per_model:bool=True, # also time the per-model loop
                   bf16:bool=True, # also time the batched trainer with bfloat16 matmuls (`TrainConfig.matmul_dtype`)
                   warmup:int=256, # other models each path trains first, untimed (8 for the per-model loop); 0: none
+                  repeat:int=1, # timed runs per path; rows give the median (and the slowest and fastest when > 1)
                   log=print) -> list: # one row per workload and path
     "Time the per-model loop and the batched trainer on the same models; returns table rows."
+    check_arg(isinstance(repeat, int) and repeat >= 1, 'repeat', repeat, 'a positive integer')
+    check_arg(isinstance(warmup, int) and warmup >= 0, 'warmup', warmup, 'an integer >= 0')
     rows = []
     if workers > 1:
         t0 = time.perf_counter(); list(worker_pool(workers).map(_worker_ready, range(4 * workers)))
@@ -897,9 +900,12 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
             if name == 'per-model loop': train, warm = (lambda js: [train_reference(j, cfg) for j in js]), other[:8]
             else: train, warm = (lambda js, c=replace(cfg, matmul_dtype=mm), w=w: SubjectModelTrainer(c).fit(js, workers=w)), other
             if warm: train(warm)
+            times = []
             with PeakMemory() as pm:
-                t0 = time.perf_counter(); res = train(jobs); el = time.perf_counter() - t0
+                for _ in range(repeat): t0 = time.perf_counter(); res = train(jobs); times.append(time.perf_counter() - t0)
+            el = float(np.median(times))
             rows.append(dict(workload=wl, path=name, models=len(jobs), warmup=len(warm), seconds=round(el, 2), models_per_s=round(len(jobs) / el, 1),
+                             **(dict(repeat=repeat, slowest=round(len(jobs) / max(times), 1), fastest=round(len(jobs) / min(times), 1)) if repeat > 1 else {}),
                              peak_mb=round(pm.peak_mb), mean_test_acc=round(float(np.mean([r.metrics['acc'] for r in res])), 4),
                              mean_epochs=round(float(np.mean([r.epochs for r in res])), 1)))
             log(' | '.join(f'{k}={v}' for k, v in rows[-1].items()))
