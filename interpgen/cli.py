@@ -126,13 +126,15 @@ def interpgen_bench(workloads:str='small,reference,signatures', # comma-separate
                     per_model:bool=True, # also run the per-model loop (slow)
                     warmup:int=256, # training: other models each path trains first, untimed (0: time a first call)
                     repeat:int=1, # training: timed runs per path; the table gives the median, the slowest and the fastest
+                    patience:int=0, # training: early-stopping patience for both paths; 0: none, every model trains all 20 epochs
                     out:str=None): # also write the rows as JSON here
     "Benchmark the batched trainer against a per-model PyTorch loop, signature extraction and zoo generation; print tables."
     wl = _names(workloads); rows = []
     with friendly_errors('interpgen_bench'):
         for w in wl: check_arg(w in WORKLOADS, 'workloads', w, f'one of {WORKLOADS}')
         train = [w for w in wl if w in ('small', 'reference')]
-        if train: rows += bench_trainer(train, n_models=n_models, workers=workers, per_model=per_model, warmup=warmup, repeat=repeat)
+        if train: rows += bench_trainer(train, n_models=n_models, workers=workers, per_model=per_model, warmup=warmup, repeat=repeat,
+                                         patience=patience or None)
         if 'signatures' in wl: rows += bench_extractor(n_signature_models)
         for w in wl:
             if w.startswith('zoo'): rows.append(bench_pipeline('default' if w == 'zoo' else 'reference', size=n_records, workers=workers))

@@ -19,8 +19,8 @@ __all__ = ['ACTIVATIONS', 'ENCODINGS', 'INITS', 'QUANTIZATIONS', 'BENCH_WORKLOAD
            'unflatten_state', 'init_params', 'TrainJob', 'TrainConfig', 'split_indices', 'split_codes', 'LayerStack',
            'pack_models', 'unpack_model', 'with_ones', 'Layout', 'layout_order', 'batched_forward', 'batched_backward',
            'BatchedAdam', 'BatchRun', 'train_batch', 'evaluate', 'quantize_tensor', 'quantize_flat', 'TrainResult',
-           'plan_batches', 'worker_pool', 'shutdown_pools', 'SubjectModelTrainer', 'train_reference', 'PeakMemory',
-           'bench_jobs', 'bench_trainer']
+           'plan_batches', 'CountingPool', 'worker_pool', 'idle_threads', 'pool_threads', 'shutdown_pools',
+           'SubjectModelTrainer', 'train_reference', 'PeakMemory', 'bench_jobs', 'bench_trainer']
 
 # %% ../nbs/01_trainer.ipynb #22ac1693
 ACTIVATIONS = ('relu', 'gelu', 'tanh', 'sigmoid', 'leaky_relu')
@@ -345,6 +345,10 @@ class Layout:
         return Layout([self.depths[i] for i in idx], [self.acts[i] for i in idx], self.D, self.multiple)
     @property
     def n_ops(self) -> int: return sum(len(segs) for runs in self.layers for _, _, segs in runs)
+    @property
+    def block_runs(self) -> list:
+        "Per weight block (hidden layers, then the output layer), the model ranges `(lo, hi)` that have it."
+        return [[(lo, hi) for lo, hi, _ in runs] for runs in self.layers] + [[(0, self.M)]]
     def __repr__(self): return f'Layout(M={self.M}, D={self.D}, runs per layer={[len(r) for r in self.layers]}, activation calls={self.n_ops})'
 
 def layout_order(archs) -> list:
@@ -429,30 +433,51 @@ _TINY = 1e-30  # floor for Adam's second moment inside the square root: denormal
 
 class BatchedAdam:
     "Adam over a `LayerStack` buffer, with per-model learning rate and step count; it holds the weights divided by the learning rate."
-    def __init__(self, st:LayerStack, params:torch.Tensor, lr:torch.Tensor, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, st:LayerStack, params:torch.Tensor, lr:torch.Tensor, betas=(0.9, 0.999), eps=1e-8,
+                 runs:list|None=None): # per block, the model ranges `(lo, hi)` that have it (None: all)
         (self.b1, self.b2), self.eps = betas, eps
         self.st, self.lr = st, torch.as_tensor(lr, dtype=params.dtype).reshape(-1).to(params.device)
         self.q = params / st.per_model(self.lr)                    # q = p / lr: a step of lr 1 on q is a step of lr on p
         self.m, self.v = torch.zeros_like(params), torch.zeros_like(params)
         self.t = torch.zeros(st.M, dtype=torch.long, device=params.device)
+        self.set_runs(runs)
+
+    def set_runs(self, runs:list|None):
+        "Update only the blocks' model ranges in `runs` (None: all); the rest (layers a model lacks) stay zero."
+        self.runs = runs or [[(0, self.st.M)]] * len(self.st.shapes)
+        parts, s = [], 0
+        for (i, o), n, rs in zip(self.st.shapes, self.st.sizes, self.runs):
+            for lo, hi in rs:
+                a, b = s + lo * i * o, s + hi * i * o
+                if parts and parts[-1][1] == a: parts[-1][1] = b   # contiguous: one range
+                else: parts.append([a, b])
+            s += n
+        self.parts = [slice(a, b) for a, b in parts]               # the flat ranges that hold parameters
+        self._w = {}                                               # dtype -> weight buffer (zero outside `parts`)
 
     def weights(self, dtype=None) -> list:
-        "Every layer's weights `p = lr * q` as blocks `[M, in + 1, out]`, in `dtype` (default: the optimiser's)."
-        lr = self.lr[:, None, None]
-        return [torch.mul(Q, lr, out=torch.empty(Q.shape, dtype=dtype or Q.dtype, device=Q.device)) for Q in self.st.blocks(self.q)]
+        "Every layer's weights `p = lr * q` as blocks `[M, in + 1, out]`, in `dtype` (default: the optimiser's); rewritten by the next call."
+        dt = dtype or self.q.dtype
+        if dt not in self._w: self._w[dt] = torch.zeros(self.st.numel, dtype=dt, device=self.q.device)
+        W = self.st.blocks(self._w[dt])
+        for B, Q, rs in zip(W, self.st.blocks(self.q), self.runs):
+            for lo, hi in rs: torch.mul(Q[lo:hi], self.lr[lo:hi, None, None], out=B[lo:hi])
+        return W
 
     def step(self, grad:torch.Tensor, active:torch.Tensor|None=None):
         "Update the models where bool `active  # [M]` is set (all if None) with `grad` (zero for inactive models)."
         if active is not None and bool(active.all()): active = None
         if active is None and bool((self.t == self.t[0]).all()):
             self.t += 1
+            Q, G, Mo, V = ([x[p] for p in self.parts] for x in (self.q, grad, self.m, self.v))
             if _FUSED_ADAM:                                        # PyTorch's one-pass kernel, learning rate 1
-                _FUSED_ADAM([self.q], [grad], [self.m], [self.v], [], [self.t[:1].to(self.q.dtype)], lr=1.0, beta1=self.b1,
+                _FUSED_ADAM(Q, G, Mo, V, [], [self.t[:1].to(self.q.dtype)] * len(Q), lr=1.0, beta1=self.b1,
                             beta2=self.b2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
                 return
             t = int(self.t[0]); c1, c2 = 1 - self.b1 ** t, 1 - self.b2 ** t
-            self.m.lerp_(grad, 1 - self.b1); self.v.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
-            self.q.addcdiv_(self.m, torch.clamp_min(self.v, _TINY).div_(c2).sqrt_().add_(self.eps), value=-1 / c1)
+            for q, g, m, v in zip(Q, G, Mo, V):
+                m.lerp_(g, 1 - self.b1); v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+                q.addcdiv_(m, torch.clamp_min(v, _TINY).div_(c2).sqrt_().add_(self.eps), value=-1 / c1)
             return
         on = torch.ones(self.st.M, dtype=torch.bool) if active is None else active
         self.t += on.long(); dt = self.q.dtype
@@ -461,16 +486,19 @@ class BatchedAdam:
         one = torch.ones(self.st.M, dtype=dt, device=self.q.device)
         b1, b2 = torch.where(on, one * self.b1, one), torch.where(on, one * self.b2, one)  # inactive: moments kept
         step = torch.where(on, 1 / c1, 0.0).to(dt)
-        for Q, G, Mo, V in zip(*(self.st.blocks(x) for x in (self.q, grad, self.m, self.v))):
-            Mo.mul_(b1[:, None, None]).add_(G, alpha=1 - self.b1)
-            V.mul_(b2[:, None, None]).addcmul_(G, G, value=1 - self.b2)
-            Q.addcdiv_(Mo * step[:, None, None], torch.clamp_min(V, _TINY).div_(c2[:, None, None]).sqrt_().add_(self.eps), value=-1)
+        for Q, G, Mo, V, rs in zip(*(self.st.blocks(x) for x in (self.q, grad, self.m, self.v)), self.runs):
+            for lo, hi in rs:
+                r = slice(lo, hi); b1r, b2r, sr, c2r = (x[r, None, None] for x in (b1, b2, step, c2))
+                Mo[r].mul_(b1r).add_(G[r], alpha=1 - self.b1)
+                V[r].mul_(b2r).addcmul_(G[r], G[r], value=1 - self.b2)
+                Q[r].addcdiv_(Mo[r] * sr, torch.clamp_min(V[r], _TINY).div_(c2r).sqrt_().add_(self.eps), value=-1)
 
-    def select(self, st:LayerStack, idx):
-        "Keep only the models at `idx` (after some stop early), laid out by `st`."
+    def select(self, st:LayerStack, idx, runs:list|None=None):
+        "Keep only the models at `idx` (after some stop early), laid out by `st`, with their block `runs`."
         old = self.st
         self.q, self.m, self.v = old.select(self.q, idx), old.select(self.m, idx), old.select(self.v, idx)
         self.st, self.lr, self.t = st, self.lr[idx], self.t[idx]
+        self.set_runs(runs)
 
 # %% ../nbs/01_trainer.ipynb #d9ee791c
 def _group_dims(archs, multiple:int=1):
@@ -514,9 +542,9 @@ class _Data:
         return rows.to(self.device), ok.to(self.device)
 
 @torch.no_grad()
-def _eval_split(blocks, data, rows, ok, labels, layout):
+def _eval_split(blocks, data, rows, ok, labels, layout, bufs=None):
     "Per-model mean loss and accuracy over the valid `rows`, and the logits `[M, n]`."
-    logit = batched_forward(blocks, _gather(data.X, rows), layout)
+    logit = batched_forward(blocks, _gather(data.X, rows), layout, bufs=bufs)
     y = _gather(labels, rows); okf = ok.to(logit.dtype); n = okf.sum(1).clamp(min=1)
     loss = (_bce(logit, y) * okf).sum(1) / n
     acc = (((logit > 0).to(y.dtype) == y).to(logit.dtype) * okf).sum(1) / n
@@ -547,17 +575,28 @@ class BatchRun:
         self.padded = bool((pmask == 0).any()) and 'sigmoid' in self.layout.acts
         flat, self.pmask = flat.to(self.dev), pmask.to(self.dev)
         self.data = _Data(jobs, cfg, self.dt, self.dev)
-        self.opt = BatchedAdam(self.st, flat, torch.tensor([j.lr for j in jobs], dtype=self.dt, device=self.dev))
+        self.opt = BatchedAdam(self.st, flat, torch.tensor([j.lr for j in jobs], dtype=self.dt, device=self.dev), runs=self.layout.block_runs)
         self.rngs = [np.random.default_rng([int(j.seed), 0x5487]) for j in jobs]
         self.drop_g = torch.Generator().manual_seed(sum(int(j.seed) for j in jobs) % 2**63)
         self.alive = list(range(self.M))                          # the models in the buffers, in batch order
         self.done = np.zeros(self.M, dtype=bool)                   # models stopped early (some ride along until compaction)
         self.best = flat                                           # each slot's best weights so far (the initial ones first)
         self.final = {}                                            # job -> best flat params of models that left the batch
-        self._val = (None, None, None)                             # (alive, rows, validity) of the validation split
+        self._val = (None, None, None, None)                       # (alive, rows, validity, layer buffers) of the validation split
+        self._work, self._stores = (None,), {}                     # training buffers of the current layout; storage kept across epochs
         self.best_loss, self.wait = torch.full((self.M,), math.inf, dtype=self.dt), torch.zeros(self.M, dtype=torch.long)
         self.hist = {k: np.full((self.M, cfg.max_epochs), np.nan) for k in ('train_loss', 'val_loss', 'val_acc')}
         self.stopped_at = np.full(self.M, cfg.max_epochs)
+
+# %% ../nbs/01_trainer.ipynb #e6c3f550
+@patch
+def scratch(self:BatchRun, name:str, shape, dtype, ones:bool=False) -> torch.Tensor:
+    "A zeroed buffer of `shape` (with `ones`, its last column 1: the bias input), a view of storage `name` kept across epochs."
+    n, s = math.prod(shape), self._stores.get(name)
+    if s is None or s.numel() < n or s.dtype != dtype: s = self._stores[name] = torch.empty(n, dtype=dtype, device=self.dev)
+    t = s[:n].view(shape).zero_()
+    if ones: t.select(-1, -1).fill_(1)
+    return t
 
 # %% ../nbs/01_trainer.ipynb #26a47437
 @patch
@@ -575,8 +614,9 @@ def train_step(self:BatchRun, r, v, bufs, grad, gmm) -> tuple:
     logit, saved = batched_forward(blocks, x, self.layout, keep=True, drop_masks=masks, bufs=bufs)
     logit = logit.to(self.dt)
     batched_backward(blocks, self.st.blocks(gmm), saved, ((torch.sigmoid(logit) - y) * vf / nv.clamp(min=1).unsqueeze(1)).to(mm), self.layout, masks)
-    if gmm is not grad: grad.copy_(gmm)
-    if self.padded: grad.mul_(self.pmask)
+    for p in self.opt.parts:                                      # only where parameters exist: the rest stays zero
+        if gmm is not grad: grad[p].copy_(gmm[p])
+        if self.padded: grad[p].mul_(self.pmask[p])
     self.opt.step(grad, nv > 0)
     return (_bce(logit, y) * vf).sum(1), nv
 
@@ -586,9 +626,12 @@ def train_epoch(self:BatchRun) -> torch.Tensor:
     "Train every alive model for one epoch; returns their mean training loss."
     Ma, bs = len(self.alive), self.bs
     mm = self.cfg.torch_matmul_dtype
-    grad = torch.zeros_like(self.opt.q)                           # stays zero where a model lacks a layer
-    gmm = grad if mm == self.dt else torch.zeros_like(grad, dtype=mm)
-    bufs = [with_ones((Ma, bs, d), mm, self.dev) for d in self.dims[1:-1]]     # reused by every step
+    if self._work[0] != self.alive:                               # the first epoch, or the batch was compacted
+        grad = self.scratch('grad', self.opt.q.shape, self.dt)    # stays zero where a model lacks a layer
+        gmm = grad if mm == self.dt else self.scratch('gmm', grad.shape, mm)
+        bufs = [self.scratch(f'h{l}', (Ma, bs, d + 1), mm, ones=True) for l, d in enumerate(self.dims[1:-1])]   # reused by every step
+        self._work = (list(self.alive), grad, gmm, bufs)
+    _, grad, gmm, bufs = self._work
     rows, ok, steps = _epoch_rows([self.rngs[m] for m in self.alive], [self.data.splits[m][0] for m in self.alive], bs)
     rows, ok = rows.to(self.dev), ok.to(self.dev)
     tot, n = torch.zeros(Ma, dtype=self.dt, device=self.dev), torch.zeros(Ma, dtype=self.dt, device=self.dev)
@@ -601,10 +644,13 @@ def train_epoch(self:BatchRun) -> torch.Tensor:
 @patch
 def end_epoch(self:BatchRun, epoch:int, train_loss:torch.Tensor) -> bool:
     "Validate, snapshot improved models, stop patient ones and compact; `False` when none is left."
-    if self._val[0] != self.alive: self._val = (list(self.alive), *self.data.padded(1, self.alive))
-    _, vrows, vok = self._val
+    if self._val[0] != self.alive:
+        vrows, vok = self.data.padded(1, self.alive)
+        vbufs = [self.scratch(f'v{l}', (*vrows.shape, d + 1), self.dt, ones=True) for l, d in enumerate(self.dims[1:-1])]
+        self._val = (list(self.alive), vrows, vok, vbufs)
+    _, vrows, vok, vbufs = self._val
     blocks = self.opt.weights()
-    vloss, vacc, _ = _eval_split(blocks, self.data, vrows, vok, self.data.y, self.layout)
+    vloss, vacc, _ = _eval_split(blocks, self.data, vrows, vok, self.data.y, self.layout, vbufs)
     vloss, vacc, tl = vloss.cpu(), vacc.cpu(), train_loss.cpu()   # early-stopping bookkeeping lives on the CPU
     slots = torch.tensor(self.alive); live = torch.from_numpy(~self.done[self.alive])   # the rest ride along
     al, vl = slots[live], vloss[live]
@@ -628,7 +674,7 @@ def end_epoch(self:BatchRun, epoch:int, train_loss:torch.Tensor) -> bool:
     self.best = self.st.select(self.best, keep)
     new_st = LayerStack(self.dims, len(self.alive))
     self.pmask = self.st.select(self.pmask, keep) if self.padded else None     # (only read when padded)
-    self.opt.select(new_st, keep); self.st = new_st; self.layout = self.layout.select(keep.tolist())
+    self.layout = self.layout.select(keep.tolist()); self.opt.select(new_st, keep, self.layout.block_runs); self.st = new_st
     return True
 
 # %% ../nbs/01_trainer.ipynb #32d4b42d
@@ -638,12 +684,15 @@ def retire(self:BatchRun, slots):
     best = self.best.cpu()
     for i in slots: self.final[self.alive[i]] = unpack_model(self.st, best, int(i), self.jobs[self.alive[i]].arch)
 
-def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig) -> tuple:
+def train_batch(jobs:Sequence[TrainJob], cfg:TrainConfig,
+                on_epoch=None, # called after every epoch (a pool worker adjusts its threads there)
+               ) -> tuple:
     "Train `jobs` (one encoding) together; returns each job's best flat params, histories `[M, epochs]` and stop epochs, in job order."
     order = layout_order([j.arch for j in jobs])                  # (a no-op for batches from `plan_batches`)
     run = BatchRun([jobs[i] for i in order], cfg)
     for epoch in range(cfg.max_epochs):
         if not run.end_epoch(epoch, run.train_epoch()): break
+        if on_epoch: on_epoch()
     run.retire(range(len(run.alive)))
     back = np.argsort(order)
     return [run.final[m] for m in back], {k: v[back] for k, v in run.hist.items()}, run.stopped_at[back]
@@ -699,6 +748,10 @@ class TrainResult:
 
     @property
     def state_dict(self) -> dict: return unflatten_state(self.params, self.arch)
+    # Sent back from a worker process, torch tensors travel through shared memory, one segment per tensor (~1 ms
+    # each: ~150 ms for a batch of 128 results); as numpy arrays they are pickled as bytes (~5 ms).
+    def __getstate__(self): return {**self.__dict__, 'params': self.params.numpy()}
+    def __setstate__(self, d): self.__dict__.update(d, params=torch.from_numpy(d['params']))
     def model(self) -> SubjectModel:
         "A runnable `SubjectModel` with these weights."
         m = SubjectModel(self.arch).to(self.params.dtype); m.load_state_dict(self.state_dict); return m.eval()
@@ -731,29 +784,72 @@ def _finish(jobs, cfg, params, hist, stopped_at):
                                e, int(np.nanargmin(vl)) + 1, int(j.seed), cfg.quantization))
     return out
 
+def _batch_cost(jobs) -> int:
+    "Rough work of a batch (examples x padded weights): the pool starts the biggest batches first, so none is left to run alone at the end."
+    dims = _group_dims([j.arch for j in jobs], _WIDTH_MULTIPLE)
+    return sum(len(j.seqs) for j in jobs) * sum(i * o for i, o in zip(dims[:-1], dims[1:]))
+
 def _run_batch(args):
     "Worker entry: train one batch of jobs and finish it."
     jobs, cfg = args
-    if cfg.threads and cfg.torch_device.type == 'cpu': torch.set_num_threads(cfg.threads)
-    return _finish(jobs, cfg, *train_batch(jobs, cfg))
+    if not (cfg.threads and cfg.torch_device.type == 'cpu'): return _finish(jobs, cfg, *train_batch(jobs, cfg))
+    torch.set_num_threads(cfg.threads)
+    def share_idle_cores():                                       # in a pool's last batches: the idle workers' cores
+        n = pool_threads(cfg.threads)
+        if n != torch.get_num_threads(): torch.set_num_threads(n)
+    return _finish(jobs, cfg, *train_batch(jobs, cfg, on_epoch=share_idle_cores))
 
 # %% ../nbs/01_trainer.ipynb #e3f2035f
-_POOLS: dict = {}
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 
-def worker_pool(workers:int):
-    "A process pool of `workers` spawned processes, started once and reused."
+_POOLS: dict = {}
+_POOL_STATE = None   # in a pool worker: (shared [tasks waiting, workers busy], number of workers)
+
+class CountingPool(ProcessPoolExecutor):
+    "A pool of `workers` spawned processes whose workers can read how many tasks wait and how many workers are busy."
+    def __init__(self, workers:int):
+        ctx = mp.get_context('spawn'); self.state = ctx.Array('i', 2)   # [tasks waiting, workers busy]
+        super().__init__(workers, mp_context=ctx, initializer=_worker_init, initargs=(self.state, workers))
+    def submit(self, fn, /, *args, **kwargs):                     # `map` submits through here too
+        with self.state.get_lock(): self.state[0] += 1
+        return super().submit(_counted_task, fn, *args, **kwargs)
+
+def worker_pool(workers:int) -> CountingPool:
+    "A `CountingPool` of `workers` processes, started once and reused."
     if workers not in _POOLS:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
         if not _POOLS: atexit.register(shutdown_pools)
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=_worker_ready)
+        _POOLS[workers] = CountingPool(workers)
     return _POOLS[workers]
 
-def _worker_ready(*_):
-    "Runs in each worker as it starts (importing this module, hence torch); `worker_pool(n).map(_worker_ready, ...)` waits for them."
+def _worker_init(state, workers):
+    "Runs in each worker as it starts (importing this module, hence torch)."
+    global _POOL_STATE
+    _POOL_STATE = (state, workers)
     # oneDNN keeps the kernels it built for 1,024 matmul shapes by default; a long run meets more (several widths,
     # batch sizes in steps of 8, partial last mini-batches) and would rebuild them. Read at its first matmul.
     os.environ.setdefault('ONEDNN_PRIMITIVE_CACHE_CAPACITY', '4096')
+
+def _counted_task(fn, *args, **kwargs):
+    "Run a pool task, counted as waiting until it starts and as busy while it runs."
+    state = _POOL_STATE[0]
+    with state.get_lock(): state[0] -= 1; state[1] += 1
+    try: return fn(*args, **kwargs)
+    finally:
+        with state.get_lock(): state[1] -= 1
+
+def idle_threads(base:int, waiting:int, busy:int, workers:int) -> int:
+    "Threads for a busy worker of a pool of `workers` with `base` threads each: `base`, or, once no task waits, its share of the idle workers' threads too."
+    return base if waiting > 0 or busy >= workers else base * workers // max(busy, 1)
+
+def pool_threads(base:int) -> int:
+    "`idle_threads` for this process now (`base` outside a pool worker)."
+    if _POOL_STATE is None: return base
+    state, workers = _POOL_STATE
+    return idle_threads(base, state[0], state[1], workers)
+
+def _worker_ready(*_):
+    "A no-op task: `worker_pool(n).map(_worker_ready, ...)` waits for the workers to start."
     return os.getpid()
 
 def shutdown_pools():
@@ -788,9 +884,12 @@ class SubjectModelTrainer:
                     bar.update(len(b))
             finally: torch.set_num_threads(old)
         else:
-            for b, res in zip(plan, worker_pool(workers).map(_run_batch, tasks)):
-                for i, r in zip(b, res): results[i] = r
-                bar.update(len(b))
+            from concurrent.futures import as_completed
+            pool = worker_pool(workers)
+            futs = {pool.submit(_run_batch, tasks[k]): k for k in sorted(range(len(tasks)), key=lambda k: -_batch_cost(tasks[k][0]))}
+            for f in as_completed(futs):
+                for i, r in zip(plan[futs[f]], f.result()): results[i] = r
+                bar.update(len(plan[futs[f]]))
         bar.close()
         return results
 
@@ -858,7 +957,9 @@ BENCH_WORKLOADS = {
     'reference': dict(depth=(6, 9), width=(25, 40), acts=('relu', 'gelu'), examples=500, batch_size=128),
 }
 
-def bench_jobs(workload:str, n_models:int, seed:int=0) -> tuple:
+def bench_jobs(workload:str, n_models:int, seed:int=0,
+               patience:int|None=None, # early stopping; None: every model trains all 20 epochs
+              ) -> tuple:
     "The jobs and config of a benchmark `workload` (`small` or `reference`)."
     check_arg(workload in BENCH_WORKLOADS, 'workload', workload, f'one of {list(BENCH_WORKLOADS)}')
     from interpgen.sampler import PatternDatasetSampler
@@ -872,7 +973,7 @@ def bench_jobs(workload:str, n_models:int, seed:int=0) -> tuple:
         arch = SubjectArch.equal(int(rng.integers(w['depth'][0], w['depth'][1] + 1)), int(rng.integers(w['width'][0], w['width'][1] + 1)),
                                  activation=str(rng.choice(w['acts'])))
         jobs.append(TrainJob.from_dataset(ds, arch, seed=i, lr=float(rng.uniform(1e-3, 1e-2))))
-    return jobs, TrainConfig(batch_size=w['batch_size'], max_epochs=20, patience=5, split=(0.8, 0.1, 0.1))
+    return jobs, TrainConfig(batch_size=w['batch_size'], max_epochs=20, patience=patience, split=(0.8, 0.1, 0.1))
 
 # %% ../nbs/01_trainer.ipynb #35707e2f
 def bench_trainer(workloads=('small', 'reference'), # which workloads
@@ -882,6 +983,7 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
                   bf16:bool=True, # also time the batched trainer with bfloat16 matmuls (`TrainConfig.matmul_dtype`)
                   warmup:int=256, # other models each path trains first, untimed (8 for the per-model loop); 0: none
                   repeat:int=1, # timed runs per path; rows give the median (and the slowest and fastest when > 1)
+                  patience:int|None=None, # early stopping for both paths; None: every model trains all 20 epochs
                   log=print) -> list: # one row per workload and path
     "Time the per-model loop and the batched trainer on the same models; returns table rows."
     check_arg(isinstance(repeat, int) and repeat >= 1, 'repeat', repeat, 'a positive integer')
@@ -891,7 +993,7 @@ def bench_trainer(workloads=('small', 'reference'), # which workloads
         t0 = time.perf_counter(); list(worker_pool(workers).map(_worker_ready, range(4 * workers)))
         log(f"worker pool ({workers} processes) started in {time.perf_counter() - t0:.1f} s (once per session, not counted)")
     for wl in workloads:
-        jobs, cfg = bench_jobs(wl, n_models)
+        jobs, cfg = bench_jobs(wl, n_models, patience=patience)
         other = bench_jobs(wl, warmup, seed=1)[0] if warmup else []
         paths = ([('per-model loop', 1, None)] if per_model else []) + [('batched, 1 process', 1, None)] + (
             [(f'batched, {workers} processes', workers, None)] if workers > 1 else []) + (

@@ -103,3 +103,10 @@ def test_bad_arch_and_config():
     with pytest.raises(InterpgenError, match='hidden'): SubjectArch(hidden=(-3,))
     with pytest.raises(InterpgenError, match='max_epochs=0'): TrainConfig(max_epochs=0)
     with pytest.raises(InterpgenError, match="dtype='float16'"): TrainConfig(dtype='float16')
+
+def test_pool_workers_share_idle_cores():
+    "A lone task in a two-worker pool may use both cores; the counts return to zero afterwards."
+    pool = worker_pool(2)
+    assert pool.submit(pool_threads, 1).result() == 2
+    assert list(pool.map(pool_threads, [1])) == [2]
+    assert list(pool.state) == [0, 0]
