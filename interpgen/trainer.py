@@ -792,16 +792,17 @@ def _batch_cost(jobs) -> int:
 def _run_batch(args):
     "Worker entry: train one batch of jobs and finish it."
     jobs, cfg = args
-    if not (cfg.threads and cfg.torch_device.type == 'cpu'): return _finish(jobs, cfg, *train_batch(jobs, cfg))
-    torch.set_num_threads(cfg.threads)
-    def share_idle_cores():                                       # in a pool's last batches: the idle workers' cores
-        n = pool_threads(cfg.threads)
-        if n != torch.get_num_threads(): torch.set_num_threads(n)
+    share_idle_cores = None
+    if cfg.threads and cfg.torch_device.type == 'cpu':
+        torch.set_num_threads(cfg.threads)
+        def share_idle_cores():                                   # in a pool's last batches: the idle workers' cores
+            n = pool_threads(cfg.threads)
+            if n != torch.get_num_threads(): torch.set_num_threads(n)
     return _finish(jobs, cfg, *train_batch(jobs, cfg, on_epoch=share_idle_cores))
 
 # %% ../nbs/01_trainer.ipynb #e3f2035f
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 _POOLS: dict = {}
 _POOL_STATE = None   # in a pool worker: (shared [tasks waiting, workers busy], number of workers)
@@ -884,7 +885,6 @@ class SubjectModelTrainer:
                     bar.update(len(b))
             finally: torch.set_num_threads(old)
         else:
-            from concurrent.futures import as_completed
             pool = worker_pool(workers)
             futs = {pool.submit(_run_batch, tasks[k]): k for k in sorted(range(len(tasks)), key=lambda k: -_batch_cost(tasks[k][0]))}
             for f in as_completed(futs):
