@@ -91,9 +91,11 @@ def inactive(v:torch.Tensor, site:str, activation:str|None, eps:float=0.01) -> t
 def _s_sparsity(V, k, ctx): return inactive(V, ctx.site, ctx.activation, ctx.eps).to(V.dtype).mean(-1, keepdim=True)
 
 def _s_entropy(V, k, ctx):
-    B, mn, mx = ctx.bins, V.amin(-1, keepdim=True), V.amax(-1, keepdim=True)
-    span = mx - mn
-    b = ((V - mn) * B / torch.where(span > 0, span, 1)).floor().clamp(0, B - 1).long()  # max = min: every value in bin 0
+    B, V = ctx.bins, V.to(torch.float64)
+    mn, mx = V.amin(-1, keepdim=True), V.amax(-1, keepdim=True)
+    edges = torch.arange(B + 1, dtype=torch.float64) * ((mx - mn) / B) + mn   # numpy.linspace's edges, then the last one = max
+    edges[..., -1:] = mx
+    b = torch.searchsorted(edges[..., 1:-1].contiguous(), V.contiguous(), right=True)   # bin b: e_b <= v < e_{b+1}; max = min: bin 0
     p = torch.zeros(*V.shape[:-1], B, dtype=V.dtype).scatter_add_(-1, b, torch.ones_like(V)) / V.shape[-1]
     return -(p * torch.log2(torch.where(p > 0, p, 1))).sum(-1, keepdim=True)
 
@@ -111,16 +113,14 @@ def _s_fourier(V, k, ctx): return torch.fft.rfft(V, dim=-1).abs()[..., :k] / V.s
 
 # %% ../nbs/02_extractor.ipynb #312f52f7
 def _s_kmeans(V, k, ctx):
-    N, pad = V.shape[-1], torch.nn.functional.pad
-    Vs = V.sort(-1).values                                           # [M, H, N] ascending
-    run = pad(Vs.cumsum(-1), (1, 0))                                 # run[..., i]: sum of the i smallest values
-    C = Vs[..., [(2 * j + 1) * N // (2 * k) for j in range(k)]]      # [M, H, k], ascending
+    V = V.to(torch.float64); N = V.shape[-1]
+    C = V.sort(-1).values[..., [(2 * j + 1) * N // (2 * k) for j in range(k)]]   # [M, H, k], ascending
     for _ in range(ctx.iters):
-        cut = torch.searchsorted(Vs, (C[..., 1:] + C[..., :-1]) / 2, right=True)  # values <= a midpoint: the lower centre
-        lo, hi = pad(cut, (1, 0)), pad(cut, (0, 1), value=N)         # centre j holds sorted values lo[j] .. hi[j] - 1
-        n = (hi - lo).to(V.dtype)
-        C = torch.where(n > 0, (run.gather(-1, hi) - run.gather(-1, lo)) / n.clamp(min=1), C)
-    return C.sort(-1).values
+        near = (V[..., None] - C[..., None, :]).abs().argmin(-1)      # [M, H, N]: nearest centre, ties to the first (lower)
+        n = torch.zeros_like(C).scatter_add_(-1, near, torch.ones_like(V))
+        s = torch.zeros_like(C).scatter_add_(-1, near, V)
+        C = torch.where(n > 0, s / n.clamp(min=1), C).sort(-1).values
+    return C
 
 # %% ../nbs/02_extractor.ipynb #a5440991
 def _spectral(V, k, ctx, centred:bool):

@@ -54,10 +54,10 @@ def ref_inactive(v, site, act, eps=0.01):
     return np.abs(v) < eps if site == 'post' and act in ('tanh', 'sigmoid') else v <= 0
 
 def ref_entropy(v, B=10):
-    lo, hi = v.min(), v.max()
-    if hi == lo: return 0.0
-    counts = np.zeros(B)
-    for x in v: counts[min(B - 1, math.floor((x - lo) * B / (hi - lo)))] += 1
+    "Entropy in bits of numpy's equal-width histogram (float64 edges over [min, max], the last bin closed)."
+    v = np.asarray(v, np.float64)
+    if v.max() == v.min(): return 0.0
+    counts, _ = np.histogram(v, bins=B)
     p = counts[counts > 0] / len(v)
     return float(-(p * np.log2(p)).sum())
 
@@ -66,8 +66,8 @@ def ref_kmeans(v, k, iters=20):
     c = np.array([s[(2 * j + 1) * N // (2 * k)] for j in range(k)])
     for _ in range(iters):
         near = np.array([int(np.argmin(np.abs(x - c))) for x in v])  # argmin: ties to the lower (first) centre
-        c = np.array([v[near == j].mean() if (near == j).any() else c[j] for j in range(k)])
-    return np.sort(c)
+        c = np.sort([np.cumsum(v[near == j])[-1] / (near == j).sum() if (near == j).any() else c[j] for j in range(k)])  # summed in probe order
+    return c
 
 def ref_spectral(A, k, centred, tol):
     "Per neuron of `A  # [N, w]`: PCA axes (centred) or SVD coordinates (uncentred), by the table's rules."
@@ -118,6 +118,20 @@ def test_matches_hook_reference_float32_default_methods(sd, mixed):
     sig = ActivationSignatureExtractor(sd).extract(mixed)[-1]
     ref = reference_signature(sd, r.arch, r.params, DEFAULT_METHODS, ('post',), torch.float32)
     np.testing.assert_allclose(sig.values, ref, atol=2e-5, rtol=1e-5)
+
+def test_kmeans_and_entropy_follow_their_definitions_on_tied_values():
+    "Relu-like neurons with many exact ties (repeated zeros, values on bin edges and midpoints): the documented rules, exactly."
+    from types import SimpleNamespace
+    from interpgen.extractor import _s_kmeans, _s_entropy
+    rng = np.random.default_rng(0)
+    V = np.maximum(0, rng.integers(-6, 6, (600, 200)) * 0.1 + rng.integers(0, 3, (600, 1)) * 0.05)
+    V[:50, :20] = np.linspace(0, 1, 11)[rng.integers(0, 11, (50, 20))]     # values exactly on float64 bin edges
+    got_k = _s_kmeans(torch.tensor(V[:, None]), 4, SimpleNamespace(iters=20))[:, 0].numpy()
+    got_e = _s_entropy(torch.tensor(V[:, None]), None, SimpleNamespace(bins=10))[:, 0, 0].numpy()
+    np.testing.assert_allclose(got_k, np.array([ref_kmeans(v, 4) for v in V]), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(got_e, np.array([ref_entropy(v) for v in V]), atol=1e-12, rtol=0)
+    # two equal starting centres: the first takes every tied value, the second keeps its place and gets nothing
+    assert (V == 0).mean(1).max() > 0.5 and (got_k[:, 0] == got_k[:, 1]).any()
 
 # ---- each method's formula on a hand-made model
 
