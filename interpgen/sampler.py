@@ -401,6 +401,11 @@ class PatternDataset:
     @property
     def include_idx(self) -> list[int]: return [self.pattern_names.index(n) for n in self.include]
     @property
+    def sha256(self) -> str:
+        "SHA-256 of the sequences and labels, in order: what reproduces the dataset."
+        h = hashlib.sha256(np.ascontiguousarray(self.seqs, np.int8).tobytes()); h.update(np.ascontiguousarray(self.labels, np.int8).tobytes())
+        return h.hexdigest()
+    @property
     def strings(self) -> list[str]: return to_strings(self.seqs)
 
     def to_records(self) -> list[dict]:
@@ -501,6 +506,17 @@ def _pool_draw(self:PatternDatasetSampler, rng, must:int|None, avoid:list[int], 
 def _check_sizes(**kw):
     for k, v in kw.items(): check_arg(isinstance(v, (int, np.integer)) and v >= 0, k, v, 'an integer >= 0')
 
+@patch
+def codes_of(self:PatternDatasetSampler, exclude) -> set:
+    "The codes of every sequence in `exclude`: a dataset (anything with `seqs`), an int array `[n, seq_len]`, or a list of them."
+    items = [exclude] if hasattr(exclude, 'seqs') or isinstance(exclude, np.ndarray) else list(exclude or ())
+    out = set()
+    for x in items:
+        s = np.asarray(x.seqs if hasattr(x, 'seqs') else x)
+        check_arg(s.ndim == 2 and s.shape[1] == self.seq_len, 'exclude', s.shape, f'datasets or int arrays [n, {self.seq_len}]')
+        out.update(self.space.encode(s).tolist())
+    return out
+
 def _check_include(self, include_patterns):
     include = [include_patterns] if isinstance(include_patterns, str) else list(include_patterns)
     check_arg(len(include) > 0, 'include_patterns', include, 'at least one pattern name')
@@ -561,7 +577,8 @@ def create_dataset(self:PatternDatasetSampler,
                    max_total_examples:int|None=2500, # cap on positives + negatives (scales `samples_per_pattern` down)
                    hard_negative_share:float=0.5, # share of negatives drawn from excluded patterns' positives
                    seed:int|None=None, # combined with the sampler's seed; same arguments + seed = same dataset
-                   if_short:str='error' # when a pattern has too few sequences: 'error', 'repeat' or 'take_all'
+                   if_short:str='error', # when a pattern has too few sequences: 'error', 'repeat' or 'take_all'
+                   exclude=() # datasets or sequence arrays whose sequences must not be drawn
                   ) -> PatternDataset:
     "A shuffled dataset: uniform positives of `include_patterns`, negatives satisfying none of them, exact labels."
     include = _check_include(self, include_patterns)
@@ -574,7 +591,7 @@ def create_dataset(self:PatternDatasetSampler,
         _check_sizes(max_total_examples=max_total_examples)
         k = min(k, int(max_total_examples // (len(include) * (1 + negative_ratio))))
     inc_idx = [self.pattern_names.index(n) for n in include]
-    rng, used, notes = self.rng(seed), set(), {}
+    rng, used, notes = self.rng(seed), self.codes_of(exclude), {}
     pc, ps = _draw_positives_for(self, rng, inc_idx, k, used, if_short, notes)
     n_pos = sum(map(len, pc))
     nc, ns = _draw_negatives(self, rng, inc_idx, int(round(negative_ratio * n_pos)), hard_negative_share, used, notes)
@@ -585,6 +602,21 @@ def create_dataset(self:PatternDatasetSampler,
     labels = mem[:, inc_idx].any(1).astype(np.int64)
     return PatternDataset(seqs, labels, mem, list(self.pattern_names), include, source.astype(np.int64),
                           self.vocab_size, self.seq_len, notes)
+
+# %% ../nbs/00_sampler.ipynb #24477118
+@patch
+def create_evaluation_set(self:PatternDatasetSampler,
+                          include_patterns:Sequence[str], # the patterns the model should call positive
+                          n_per_pattern:int=500, # fresh positives per pattern (all that are left when fewer)
+                          seed:int|None=None, # combined with the sampler's seed
+                          exclude=() # what the model saw: datasets or sequence arrays kept out of the set
+                         ) -> PatternDataset:
+    "Held-out data for a model of `include_patterns`: fresh positives per pattern and as many negatives (half hard), none in `exclude`."
+    check_arg(isinstance(n_per_pattern, (int, np.integer)) and not isinstance(n_per_pattern, bool) and n_per_pattern >= 1,
+              'n_per_pattern', n_per_pattern, 'an integer >= 1')
+    ds = self.create_dataset(include_patterns, int(n_per_pattern), negative_ratio=1.0, max_total_examples=None, hard_negative_share=0.5,
+                             seed=seed, if_short='take_all', exclude=exclude)
+    ds.notes = dict(ds.notes, kind='evaluation'); return ds
 
 # %% ../nbs/00_sampler.ipynb #8b8a83b5
 def content_hash(obj) -> str:
@@ -666,14 +698,13 @@ def create_benchmark_dataset(self:PatternDatasetSampler,
                              patterns:Sequence[str]|None=None, # patterns to cover; default every usable one
                              n_per_pattern:int=100, # positives per pattern; as many negatives, half of them hard
                              seed:int|None=None, # combined with the sampler's seed
-                             exclude:SignatureDataset|None=None # a probe set whose sequences must not appear
+                             exclude=() # datasets (the probes, a model's own data) or arrays whose sequences must not appear
                             ) -> PatternDataset:
     "Held-out sequences: per pattern, uniform positives, hard negatives and uniform negatives; full membership."
     names = [n for n in (patterns or self.pattern_names) if n not in self.problems]
     _check_include(self, names); _check_sizes(n_per_pattern=n_per_pattern)
     rng = self.rng(10_007 if seed is None else seed)
-    used = set(self.space.encode(exclude.seqs).tolist()) if exclude is not None else set()
-    codes, source = [], []
+    used, codes, source = self.codes_of(exclude), [], []
     for n in names:
         j = self.pattern_names.index(n)
         pos = self._pool_draw(rng, j, [], n_per_pattern, used); used.update(pos.tolist())

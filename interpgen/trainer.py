@@ -18,9 +18,10 @@ __all__ = ['ACTIVATIONS', 'ENCODINGS', 'INITS', 'QUANTIZATIONS', 'BENCH_WORKLOAD
            'SubjectModel', 'save_subject_model', 'load_subject_model', 'param_shapes', 'flatten_state',
            'unflatten_state', 'init_params', 'TrainJob', 'TrainConfig', 'split_indices', 'split_codes', 'LayerStack',
            'pack_models', 'unpack_model', 'with_ones', 'Layout', 'layout_order', 'batched_forward', 'batched_backward',
-           'BatchedAdam', 'BatchRun', 'train_batch', 'evaluate', 'quantize_tensor', 'quantize_flat', 'TrainResult',
-           'plan_batches', 'CountingPool', 'worker_pool', 'idle_threads', 'pool_threads', 'shutdown_pools',
-           'SubjectModelTrainer', 'train_reference', 'PeakMemory', 'bench_jobs', 'bench_trainer']
+           'BatchedAdam', 'BatchRun', 'train_batch', 'evaluate', 'wilson', 'difference_interval', 'behaviour',
+           'quantize_tensor', 'quantize_flat', 'TrainResult', 'plan_batches', 'CountingPool', 'worker_pool',
+           'idle_threads', 'pool_threads', 'shutdown_pools', 'SubjectModelTrainer', 'train_reference', 'PeakMemory',
+           'bench_jobs', 'bench_trainer']
 
 # %% ../nbs/01_trainer.ipynb #22ac1693
 ACTIVATIONS = ('relu', 'gelu', 'tanh', 'sigmoid', 'leaky_relu')
@@ -712,6 +713,49 @@ def evaluate(arch:SubjectArch, flat:torch.Tensor, seqs, labels, membership=None,
         out['per_pattern'] = {n: (float(correct[mem[:, k]].mean()) if mem[:, k].any() else None)
                               for k, n in enumerate(pattern_names or range(mem.shape[1]))}
         out['per_pattern_n'] = {n: int(mem[:, k].sum()) for k, n in enumerate(pattern_names or range(mem.shape[1]))}
+    return out
+
+# %% ../nbs/01_trainer.ipynb #7003f113
+def wilson(k:int, # successes
+           n:int, # trials
+           z:float=1.96 # 1.96: a 95% interval
+          ) -> tuple: # `(lo, hi)`; `(0.0, 1.0)` when `n` is 0
+    "Wilson score interval of the proportion `k / n`."
+    if n == 0: return (0.0, 1.0)
+    p, zz = k / n, z * z
+    centre, half = (p + zz / (2 * n)) / (1 + zz / n), z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / (1 + zz / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+def difference_interval(k1:int, n1:int, k2:int, n2:int, z:float=1.96) -> tuple:
+    "Newcombe's interval of `k1/n1 - k2/n2` from the two Wilson intervals (method 10); `(-1.0, 1.0)` if either `n` is 0."
+    if not n1 or not n2: return (-1.0, 1.0)
+    (l1, u1), (l2, u2), p1, p2 = wilson(k1, n1, z), wilson(k2, n2, z), k1 / n1, k2 / n2
+    return (p1 - p2 - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), p1 - p2 + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+# %% ../nbs/01_trainer.ipynb #5edfd794
+@torch.no_grad()
+def behaviour(arch:SubjectArch, # the architecture of every model in `flats`
+              flats:list, # flat parameters, one per model
+              ds:PatternDataset # an evaluation set (`PatternDatasetSampler.create_evaluation_set`)
+             ) -> list: # one dict per model
+    "Recall per included pattern and accuracy on negatives (hard, uniform) of each model on `ds`, with Wilson intervals."
+    x = encode(ds.seqs, arch, torch.float32)
+    pos = {p: ds.membership[:, j] for p, j in zip(ds.include, ds.include_idx)}
+    neg = ds.labels == 0; hard, uni = neg & (ds.source <= -2), neg & (ds.source == -1)
+    out = []
+    for flat in flats:
+        flat = torch.as_tensor(flat, dtype=torch.float32)
+        said = (subject_logits(arch, unflatten_state(flat, arch), x) > 0).numpy()
+        k = {p: int(said[m].sum()) for p, m in pos.items()}
+        kn = int((~said[neg]).sum())
+        share = lambda a, b: a / b if b else None
+        out.append(dict(acc=float((said == (ds.labels == 1)).mean()),
+                        recall={p: share(k[p], int(m.sum())) for p, m in pos.items()},
+                        recall_ci={p: list(wilson(k[p], int(m.sum()))) for p, m in pos.items()},
+                        negative_accuracy=share(kn, int(neg.sum())), negative_ci=list(wilson(kn, int(neg.sum()))),
+                        hard_negative_accuracy=share(int((~said[hard]).sum()), int(hard.sum())),
+                        uniform_negative_accuracy=share(int((~said[uni]).sum()), int(uni.sum())),
+                        positives={p: int(m.sum()) for p, m in pos.items()}, negatives=int(neg.sum())))
     return out
 
 # %% ../nbs/01_trainer.ipynb #cd6d57a3
