@@ -70,6 +70,7 @@ def interpgen_generate(config:str=None, # a YAML config file or a preset (`defau
                        out:str='zoo.zarr', # the zoo to create or resume: a folder or an fsspec URL
                        n:int=None, # records (overrides the config's `size`)
                        seed:int=None, # seed (overrides the config's `seed`)
+                       max_attempts:int=None, # candidates per record before it is reported failed (overrides `quality.max_attempts`)
                        workers:int=1, # processes; the records do not depend on it
                        scheduler:str=None, # a Dask scheduler address (tcp://host:8786) or scheduler file: run the shards on that cluster
                        overwrite:bool=False, # replace a zoo made with another config
@@ -79,7 +80,7 @@ def interpgen_generate(config:str=None, # a YAML config file or a preset (`defau
     if print_config: print(DEFAULT_CONFIG_YAML, end=''); return
     t0 = time.perf_counter()
     with friendly_errors('interpgen_generate'):
-        pipe = DatasetGenerationPipeline(config, size=n, seed=seed)
+        pipe = DatasetGenerationPipeline(config, size=n, seed=seed, max_attempts=max_attempts)
         zoo = pipe.run(out, workers=workers, overwrite=overwrite, progress=not quiet, scheduler=scheduler)
         info = zoo.info()
     shutdown_pools()
@@ -194,15 +195,13 @@ def interpgen_evaluate(store:str, # the zoo the prompts came from
                        task:str='modification', # `classification` or `modification`
                        number_format:str='scaled', # the number format of the prompts (modification)
                        precision:int=3, # the weights precision of the prompts (modification)
-                       n_per_pattern:int=100, # benchmark positives per pattern (modification)
-                       seed:int=0, # benchmark seed
                        json_out:str=None, # write the full scores (every record) as JSON here
                        quiet:bool=False): # no progress bar
     "Score an interpreter's answers: classification (exact match, Jaccard, per-pattern F1) or modification (parse rate, gain)."
     with friendly_errors('interpgen_evaluate'):
         check_arg(predictions is not None, 'predictions', predictions, 'a JSON-lines file of answers, e.g. --predictions answers.jsonl')
         f = TrainingDataFormatter(number_format=number_format, precision=precision)
-        s = evaluate_predictions(store, task, predictions, f, n_per_pattern, seed, progress=not quiet)
+        s = evaluate_predictions(store, task, predictions, f, progress=not quiet)
     if json_out: Path(json_out).write_text(json.dumps(s, indent=1))
     fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)
     print(' '.join(f'{k}={fmt(v)}' for k, v in s.items() if k not in ('records', 'per_pattern', 'task')))

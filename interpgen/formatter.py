@@ -13,10 +13,10 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
-from .trainer import SubjectArch, SubjectModel, evaluate, param_shapes, flatten_state, unflatten_state
+from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state
 from .extractor import ActivationSignature
 from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, _quantiles
-from .pipeline import TASKS
+from .pipeline import TASKS, load_config, evaluation_set, repair_check
 
 # %% auto #0
 __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
@@ -505,51 +505,39 @@ def score_classification(zoo:Zoo, preds:dict) -> dict:
                 exact_match=sum(r['exact'] for r in rows) / n, jaccard=sum(r['jaccard'] for r in rows) / n, per_pattern=per, records=rows)
 
 # %% ../nbs/05_formatter.ipynb #6b140399
-def _benchmark(sampler, rec, n_per_pattern, seed):
-    return sampler.create_benchmark_dataset(rec.meta['patterns'], n_per_pattern, seed=seed * 1_000_003 + rec.index)
-
-def _target_scores(rec, flat, bench):
-    r = evaluate(rec.arch, torch.as_tensor(flat), bench.seqs, bench.labels, bench.membership, bench.pattern_names)
-    return r['acc'], {p: r['per_pattern'][p] for p in rec.meta['patterns']}
-
 def score_modification(zoo:Zoo, preds:dict, formatter:TrainingDataFormatter|None=None, # the settings the prompts were made with
-                       n_per_pattern:int=100, # benchmark positives per pattern of each record
-                       seed:int=0, progress:bool=False) -> dict:
-    "Parse rate, target-pattern gain over the prompt's subject model and change on the other patterns, on benchmark data."
+                       progress:bool=False) -> dict:
+    "Per answer: does it parse, and is it a repair of the prompt's subject model (`repair_check` on the record's evaluation set)?"
     f = formatter or TrainingDataFormatter()
-    cfg = zoo.config['dataset']
-    sampler = PatternDatasetSampler(cfg['vocab_size'], cfg['seq_len'], seed=zoo.config['seed'], patterns=zoo.attrs['pattern_names'])
-    thr, other = zoo.config['corruption']['min_degradation_threshold'], zoo.config['corruption']['max_other_degradation']
+    cfg, sd = load_config(zoo.config), zoo.signature_dataset
     rows = []
     for i, text in tqdm(sorted(preds.items()), desc='score', disable=not progress):
         rec = zoo[i]; t = rec.meta.get('target')
         check_arg(t is not None and 'modified' in rec.params, 'predictions', f'index {i}', 'indices of modification records')
-        bench = _benchmark(sampler, rec, n_per_pattern, seed)
-        _, base = _target_scores(rec, f.numbers.grid(rec.params['subject']), bench)
-        _, ref = _target_scores(rec, f.numbers.grid(rec.params['modified']), bench)
-        row = dict(index=i, target=t, parsed=False, error=None, reference_gain=ref[t] - base[t])
+        ev = evaluation_set(cfg, rec, sd)                            # fresh data no model of the record saw, as the filter used
+        base, ref = behaviour(rec.arch, [f.numbers.grid(rec.params['subject']), f.numbers.grid(rec.params['modified'])], ev)
+        row = dict(index=i, target=t, parsed=False, error=None, reference_gain=repair_check(base, ref, t, cfg.corruption)['target_gain'])
         try: flat = f.parse_weights(text, rec.arch)
         except InterpgenError as e: row['error'] = str(e); rows.append(row); continue
-        acc, got = _target_scores(rec, flat, bench)
-        others = {p: got[p] - base[p] for p in got if p != t}
-        row.update(parsed=True, gain=got[t] - base[t], other_change=others, worst_other_change=min(others.values(), default=0.0), acc=acc)
-        row['repaired'] = row['gain'] >= thr and row['worst_other_change'] >= -other
+        got = behaviour(rec.arch, [flat], ev)[0]; v = repair_check(base, got, t, cfg.corruption)
+        row.update(parsed=True, gain=v['target_gain'], other_change=v['other_change'], worst_other_change=v['worst_other_change'],
+                   negative_change=v['negative_change'], acc=got['acc'], repaired=v['ok'], reason=v['reason'])
         rows.append(row)
     ok = [r for r in rows if r['parsed']]
     mean = lambda k, rs: float(np.mean([r[k] for r in rs])) if rs else None
     rg = mean('reference_gain', ok)
+    c = cfg.corruption
     return dict(task='modification', n=len(rows), parse_rate=len(ok) / max(1, len(rows)), mean_gain=mean('gain', ok),
                 mean_reference_gain=mean('reference_gain', rows), recovered=(mean('gain', ok) / rg if ok and rg else None),
                 mean_worst_other_change=mean('worst_other_change', ok), repaired_rate=sum(r.get('repaired', False) for r in rows) / max(1, len(rows)),
-                threshold=thr, max_other_degradation=other, records=rows)
+                min_degradation_threshold=c.min_degradation_threshold, max_other_degradation=c.max_other_degradation,
+                max_negative_degradation=c.max_negative_degradation, records=rows)
 
 # %% ../nbs/05_formatter.ipynb #e655e7b0
 def evaluate_predictions(store, # a zoo path or an open `Zoo`
                          task:str, # `classification` or `modification`
                          predictions, # a JSON-lines file, or a dict index -> answer text
                          formatter:TrainingDataFormatter|None=None, # the text settings the prompts used (modification)
-                         n_per_pattern:int=100, # benchmark positives per pattern (modification)
-                         seed:int=0, # benchmark seed (modification)
                          progress:bool=False) -> dict:
     "Score an interpreter's answers against a zoo (see `score_classification`, `score_modification`)."
     check_arg(task in TASKS, 'task', task, f'one of {TASKS}')
@@ -558,7 +546,7 @@ def evaluate_predictions(store, # a zoo path or an open `Zoo`
     bad = [i for i in preds if not (isinstance(i, int) and 0 <= i < len(zoo))]
     check_arg(not bad, 'predictions', f'indices {bad[:5]}', f'record indices of this zoo (0..{len(zoo) - 1})')
     if task == 'classification': return score_classification(zoo, preds)
-    return score_modification(zoo, preds, formatter, n_per_pattern, seed, progress)
+    return score_modification(zoo, preds, formatter, progress)
 
 # %% ../nbs/05_formatter.ipynb #72dea19a
 def bench_formatter(store, # a zoo path or an open `Zoo` (with modification records)

@@ -420,13 +420,36 @@ class PatternDataset:
                     per_pattern={n: int(self.membership[:, j].sum()) for j, n in enumerate(self.pattern_names)})
 
 # %% ../nbs/00_sampler.ipynb #76bf0653
+class _Taken(set):
+    "Codes already drawn: a set, and over a listed space also a bool mask, so a pool is filtered in one gather."
+    def __init__(self, codes=(), size:int|None=None):
+        super().__init__(codes)
+        self.mask = None if size is None else np.zeros(size, bool)
+        if self.mask is not None and len(self): self.mask[np.fromiter(self, np.int64, len(self))] = True
+    def update(self, codes):
+        codes = list(codes); super().update(codes)
+        if self.mask is not None and codes: self.mask[codes] = True
+
 def _draw_listed(rng, pool, k, used:set):
     "Up to `k` distinct codes drawn uniformly without replacement from `pool` minus `used`."
-    if used and len(pool):                                  # a mask over the codes: linear in the pool, order kept
+    if getattr(used, 'mask', None) is not None: avail = pool[~used.mask[pool]]
+    elif used and len(pool):                                # a mask over the codes: linear in the pool, order kept
         u = np.fromiter(used, np.int64, len(used)); taken = np.zeros(int(pool.max()) + 1, bool)
         taken[u[u < len(taken)]] = True; avail = pool[~taken[pool]]
     else: avail = pool
     return avail if len(avail) <= k else rng.choice(avail, size=k, replace=False)
+
+def _draw_sparse(rng, base, n:int, bits, avoid, k:int, used:_Taken, max_rounds:int=8):
+    "`k` distinct codes uniform over the pool by rejection: draws from `base` (codes; None: `0..n-1`) without its `avoid` bits or `used`; None if too few pass."
+    out, mine = [], set()
+    for _ in range(max_rounds):
+        i = rng.integers(0, n, max(2 * (k - len(out)) + 16, 64)); c = i if base is None else base[i]
+        c = c[((bits[c] & avoid) == 0) & ~used.mask[c]]
+        c = c[np.sort(np.unique(c, return_index=True)[1])]          # distinct, in the order drawn
+        for x in c.tolist():
+            if x not in mine: mine.add(x); out.append(x)
+        if len(out) >= k: return np.array(out[:k], dtype=np.int64)
+    return None
 
 def _draw_generated(rng, gen, keep, k, used:set, space, max_rounds=60):
     "Up to `k` distinct new codes from generator `gen(rng, m)`, filtered by `keep(seqs)`; stops after `max_rounds`."
@@ -495,7 +518,13 @@ def _pool_codes(self:PatternDatasetSampler, must:int|None, avoid:list[int]) -> n
 @patch
 def _pool_draw(self:PatternDatasetSampler, rng, must:int|None, avoid:list[int], k:int, used:set) -> np.ndarray:
     "Up to `k` distinct codes not in `used`, uniform over the pool (`must`, `avoid`)."
-    if self.space.enumerable: return _draw_listed(rng, _pool_codes(self, must, avoid), k, used)
+    if self.space.enumerable:
+        bits, pools = self._bits
+        n = self.space.size if must is None else len(pools[must])
+        if bits is not None and getattr(used, 'mask', None) is not None and 16 * k <= n:   # a few from a large pool: by rejection
+            got = _draw_sparse(rng, None if must is None else pools[must], n, bits, np.uint64(sum(1 << j for j in avoid)), k, used)
+            if got is not None: return got
+        return _draw_listed(rng, _pool_codes(self, must, avoid), k, used)
     avoid_names = [self.pattern_names[j] for j in avoid]
     keep = lambda s: ~membership(s, avoid_names).any(1) if avoid_names else np.ones(len(s), bool)
     if must is None: gen = lambda r, m: self.space.random(r, m)
@@ -516,6 +545,10 @@ def codes_of(self:PatternDatasetSampler, exclude) -> set:
         check_arg(s.ndim == 2 and s.shape[1] == self.seq_len, 'exclude', s.shape, f'datasets or int arrays [n, {self.seq_len}]')
         out.update(self.space.encode(s).tolist())
     return out
+
+@patch
+def _taken(self:PatternDatasetSampler, exclude=()) -> _Taken:
+    return _Taken(self.codes_of(exclude), self.space.size if self.space.enumerable else None)
 
 def _check_include(self, include_patterns):
     include = [include_patterns] if isinstance(include_patterns, str) else list(include_patterns)
@@ -591,7 +624,7 @@ def create_dataset(self:PatternDatasetSampler,
         _check_sizes(max_total_examples=max_total_examples)
         k = min(k, int(max_total_examples // (len(include) * (1 + negative_ratio))))
     inc_idx = [self.pattern_names.index(n) for n in include]
-    rng, used, notes = self.rng(seed), self.codes_of(exclude), {}
+    rng, used, notes = self.rng(seed), self._taken(exclude), {}
     pc, ps = _draw_positives_for(self, rng, inc_idx, k, used, if_short, notes)
     n_pos = sum(map(len, pc))
     nc, ns = _draw_negatives(self, rng, inc_idx, int(round(negative_ratio * n_pos)), hard_negative_share, used, notes)
@@ -611,12 +644,25 @@ def create_evaluation_set(self:PatternDatasetSampler,
                           seed:int|None=None, # combined with the sampler's seed
                           exclude=() # what the model saw: datasets or sequence arrays kept out of the set
                          ) -> PatternDataset:
-    "Held-out data for a model of `include_patterns`: fresh positives per pattern and as many negatives (half hard), none in `exclude`."
+    "Held-out data for a model of `include_patterns`: per pattern a uniform block of fresh positives, then as many negatives (half hard), none in `exclude`."
+    include = _check_include(self, include_patterns)
     check_arg(isinstance(n_per_pattern, (int, np.integer)) and not isinstance(n_per_pattern, bool) and n_per_pattern >= 1,
               'n_per_pattern', n_per_pattern, 'an integer >= 1')
-    ds = self.create_dataset(include_patterns, int(n_per_pattern), negative_ratio=1.0, max_total_examples=None, hard_negative_share=0.5,
-                             seed=seed, if_short='take_all', exclude=exclude)
-    ds.notes = dict(ds.notes, kind='evaluation'); return ds
+    inc_idx = [self.pattern_names.index(n) for n in include]
+    rng, seen, notes = self.rng(seed), self.codes_of(exclude), dict(kind='evaluation')
+    fresh = lambda: _Taken(seen, self.space.size if self.space.enumerable else None)    # only `exclude` taken
+    codes, source = [], []
+    for j in inc_idx:                                        # each block uniform over its pattern: blocks may share sequences
+        got = self._pool_draw(rng, j, [], int(n_per_pattern), fresh())
+        if len(got) < n_per_pattern: notes.setdefault('short', {})[self.pattern_names[j]] = int(n_per_pattern - len(got))
+        codes.append(got); source.append(np.full(len(got), j))
+    n_pos = sum(map(len, codes))
+    nc, ns = _draw_negatives(self, rng, inc_idx, n_pos, 0.5, fresh(), notes)
+    codes, source = np.concatenate(codes + nc), np.concatenate(source + ns).astype(np.int64)
+    seqs = self.space.decode(codes)
+    mem = self.all_membership[codes] if self.space.enumerable else membership(seqs, self.pattern_names)
+    return PatternDataset(seqs, mem[:, inc_idx].any(1).astype(np.int64), mem, list(self.pattern_names), include, source,
+                          self.vocab_size, self.seq_len, notes)
 
 # %% ../nbs/00_sampler.ipynb #8b8a83b5
 def content_hash(obj) -> str:
@@ -658,7 +704,7 @@ def create_signature_dataset(self:PatternDatasetSampler,
     n_neg = int(round(negative_share * size)); per = (size - n_neg) // len(usable)
     check_arg(per >= 1, 'size', size, f'at least {len(usable) + n_neg} so every one of {len(usable)} patterns gets a probe')
     n_neg = size - per * len(usable)
-    rng, used, codes, drawn = self.rng(seed), set(), [], []
+    rng, used, codes, drawn = self.rng(seed), self._taken(), [], []
     for j in usable:
         got = self._pool_draw(rng, j, [], per, used)
         if len(got) < per: got = np.concatenate([got, self.space.encode(draw_positives(self.patterns[j], rng, per - len(got), self.space))])
@@ -704,7 +750,7 @@ def create_benchmark_dataset(self:PatternDatasetSampler,
     names = [n for n in (patterns or self.pattern_names) if n not in self.problems]
     _check_include(self, names); _check_sizes(n_per_pattern=n_per_pattern)
     rng = self.rng(10_007 if seed is None else seed)
-    used, codes, source = self.codes_of(exclude), [], []
+    used, codes, source = self._taken(exclude), [], []
     for n in names:
         j = self.pattern_names.index(n)
         pos = self._pool_draw(rng, j, [], n_per_pattern, used); used.update(pos.tolist())

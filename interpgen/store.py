@@ -5,6 +5,7 @@
 # %% ../nbs/03_store.ipynb #b83e1e14
 from __future__ import annotations
 import hashlib, json, os, shutil, socket, sys, tempfile, threading, time, uuid
+from collections import Counter
 from dataclasses import dataclass, asdict, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,7 +51,7 @@ class ZooRecord:
                 f"hidden {list(self.arch.hidden)} {self.arch.activation}; models {', '.join(self.models)})")
 
 # %% ../nbs/03_store.ipynb #387d923b
-FORMAT, FORMAT_VERSION = 'interpgen.zoo', 1
+FORMAT, FORMAT_VERSION = 'interpgen.zoo', 2
 
 @dataclass(frozen=True)
 class ZooSchema:
@@ -314,14 +315,17 @@ def __exit__(self:RunLock, *exc): self.release()
 # %% ../nbs/03_store.ipynb #a0092dc9
 def write_shard(g:zarr.Group, # the zoo, opened for writing
                 shard:int, # which shard
-                records:list, # its `ZooRecord`s, in index order, hashes set
-                stats:dict # JSON statistics of the shard (candidates, rejections, seconds, ...)
+                records:list, # `ZooRecord`s of the shard, in index order, hashes set (all but those `stats` lists as failed)
+                stats:dict, # JSON statistics of the shard (candidates, rejections, failed records, seconds, ...)
+                update:bool=False # write only these records' rows, keeping the shard's others (finishing failed records)
                ):
-    "Write every record of `shard`, then mark it done with its `stats`."
+    "Write the records of `shard`, then its `stats`: its done mark, unless `stats['failed']` names records still missing."
     schema = ZooSchema.from_dict(g.attrs['schema'])
-    rng = schema.shard_range(shard)
-    check_arg([r.index for r in records] == list(rng), 'records', [r.index for r in records][:5], f'the records {rng.start}..{rng.stop - 1} in order')
-    blocks = {k: np.full((len(rng), *tail), fill, dtype=object if dtype == 'str' else dtype)
+    rng = schema.shard_range(shard); idx = [r.index for r in records]
+    check_arg(idx == sorted(set(idx)) and set(idx) <= set(rng), 'records', idx[:5], f'distinct records of {rng.start}..{rng.stop - 1}, in order')
+    failed = {int(i) for i in stats.get('failed', {})}
+    check_arg(update or set(idx) | failed == set(rng), 'records', idx[:5], f'every record of {rng.start}..{rng.stop - 1} but the failed ones')
+    blocks = {k: np.full((len(records), *tail), fill, dtype=object if dtype == 'str' else dtype)
               for k, (tail, dtype, fill) in schema.arrays().items()}
     for j, r in enumerate(records):
         check_arg(set(r.params) == set(schema.models), f'records[{j}].params', sorted(r.params), f'models {schema.models}')
@@ -330,7 +334,12 @@ def write_shard(g:zarr.Group, # the zoo, opened for writing
         blocks['n_examples'][j] = len(r.dataset)
         blocks['meta'][j] = json.dumps(r.meta, sort_keys=True); blocks['hash'][j] = r.hash or record_hash(r)
     for k, b in blocks.items():
-        g[k][rng.start:rng.stop] = b.astype(str) if b.dtype == object else b
+        b = b.astype(str) if b.dtype == object else b
+        if update:                                                   # a few rows of the shard's own chunks
+            for j, i in enumerate(idx): g[k][i] = b[j]
+        else:                                                        # the whole shard, failed rows left at their fill value
+            full = np.full((len(rng), *b.shape[1:]), schema.arrays()[k][2], dtype=b.dtype)
+            full[[i - rng.start for i in idx]] = b; g[k][rng.start:rng.stop] = full
     g['shards'][shard] = json.dumps(stats, sort_keys=True)
 
 # %% ../nbs/03_store.ipynb #3eed1977
@@ -348,6 +357,9 @@ class Zoo:
                   + (' (this one is still being created, or its creation was interrupted: run interpgen_generate again)' if state == 'creating' else ''))
         self.g = self.loc.open_group('r')
         self.attrs = dict(self.g.attrs)
+        v = self.attrs.get('format_version')
+        check_arg(v == FORMAT_VERSION, 'path', str(path), f'a zoo of format version {FORMAT_VERSION} (this one is {v}: made by another '
+                  f'interpgen, whose records carry other claims; make it again with this version)')
         self.schema = ZooSchema.from_dict(self.attrs['schema'])
         self.pattern_names = list(self.attrs['pattern_names'])
         self.columns = tuple(self.attrs['signature']['columns'])
@@ -371,15 +383,27 @@ def shard_stats(self:Zoo) -> list:
     return out
 
 @patch
-def done_shards(self:Zoo) -> list: return [s for s, st in enumerate(self.shard_stats()) if st is not None]
+def done_shards(self:Zoo) -> list:
+    "Shards written in full: every record there, none failed."
+    return [s for s, st in enumerate(self.shard_stats()) if st is not None and not st.get('failed')]
+
+@patch
+def failed_records(self:Zoo) -> dict:
+    "Index -> `{attempts, reasons}` of every record the run that wrote its shard could not make (see `quality.max_attempts`)."
+    return {int(i): f for st in self.shard_stats() if st for i, f in st.get('failed', {}).items()}
 
 @patch
 def _check_written(self:Zoo, idx:range):
-    done = set(self.done_shards())
+    stats, failed = self.shard_stats(), self.failed_records()
     for s in sorted({i // self.schema.shard_records for i in idx}):
-        if s not in done: raise InterpgenError(
+        if stats[s] is None: raise InterpgenError(
             f"records {self.schema.shard_range(s).start}..{self.schema.shard_range(s).stop - 1} of {self.path} are not written yet "
             f"(shard {s}); run interpgen_generate with the same config and --out to finish the zoo")
+    for i in idx:
+        if i in failed: raise InterpgenError(
+            f"record {i} of {self.path} was not made: none of its {failed[i]['attempts']} candidates passed the quality filter "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(failed[i]['reasons'].items(), key=lambda kv: -kv[1]))}); run interpgen_generate "
+            f"again with a higher quality.max_attempts (--max_attempts) to make it")
 
 # %% ../nbs/03_store.ipynb #69820fc4
 @patch
@@ -447,26 +471,50 @@ def _quantiles(x) -> dict:
     q = np.quantile(x, [0, .25, .5, .75, 1])
     return dict(n=len(x), min=round(q[0], 4), q25=round(q[1], 4), median=round(q[2], 4), q75=round(q[3], 4), max=round(q[4], 4), mean=round(x.mean(), 4))
 
+def _summed(dicts) -> dict:
+    "Counts summed over dicts, largest first."
+    c = Counter()
+    for d in dicts: c.update(d)
+    return dict(c.most_common())
+
 @patch
 def info(self:Zoo) -> dict:
-    "A summary of the zoo: size, config hash, pattern and target counts, metric distributions, rejection rate."
+    "A summary of the zoo from its metadata: size, rejections by reason and pattern, what each model does on its evaluation set."
     stats = [s for s in self.shard_stats() if s]
-    done = self.done_shards()
-    idx = [i for s in done for i in self.schema.shard_range(s)]
+    failed = self.failed_records()
+    idx = [i for s, st in enumerate(self.shard_stats()) if st for i in self.schema.shard_range(s) if i not in failed]
     metas = [json.loads(str(m)) for m in self.g['meta'][:]]
     metas = [metas[i] for i in idx]
     cand = sum(s['candidates'] for s in stats); rej = sum(s['rejected'] for s in stats)
     nb = self.loc.fs.du(self.loc.root, total=True)
-    out = dict(path=str(self.path), records=len(self), written=len(idx), shards=f'{len(done)}/{self.schema.n_shards}',
-               bytes_on_disk=nb, bytes_per_record=round(nb / max(1, len(idx))),
+    out = dict(path=str(self.path), records=len(self), written=len(idx), shards=f'{len(self.done_shards())}/{self.schema.n_shards}',
+               failed=sorted(failed), bytes_on_disk=nb, bytes_per_record=round(nb / max(1, len(idx))),
                config_hash=self.attrs['config_hash'], signature_sha256=self.attrs['signature']['sha256'], models=list(self.schema.models),
                candidates=cand, rejected=rej, unused=sum(s.get('unused', 0) for s in stats), rejection_rate=round(rej / cand, 4) if cand else 0.0,
-               seconds=round(sum(s['seconds'] for s in stats), 1))
+               seconds=round(sum(s['seconds'] for s in stats), 1),
+               rejections=_summed(s.get('reasons', {}) for s in stats))
+    by = {r: _summed(s.get('rejected_by_pattern', {}).get(r, {}) for s in stats) for r in out['rejections']}
+    out['rejections_by_pattern'] = {r: v for r, v in by.items() if v}
     out['patterns'] = {p: sum(p in m['patterns'] for m in metas) for p in self.pattern_names if any(p in m['patterns'] for m in metas)}
     if 'modified' in self.schema.models:
         out['targets'] = {p: sum(m.get('target') == p for m in metas) for p in self.pattern_names if any(m.get('target') == p for m in metas)}
-    out['metrics'] = {f'{k}.acc': _quantiles(m['metrics'][k]['acc'] for m in metas) for k in self.schema.models}
-    if 'modified' in self.schema.models:
-        for k in ('target_gain', 'worst_other_change'):
-            if any('quality' in m for m in metas): out['metrics'][k] = _quantiles(m['quality'][k] for m in metas if 'quality' in m)
+    clean = 'modified' if 'modified' in self.schema.models else 'subject'     # the model whose labels the record claims
+    m_of = lambda m, k: m.get('metrics', {}).get(k, {})
+    out['per_pattern'] = {}
+    for p in self.pattern_names:
+        inc = [m for m in metas if p in m['patterns']]
+        if not inc: continue
+        rec = _quantiles(m_of(m, clean).get('recall', {}).get(p) for m in inc)
+        row = dict(records=len(inc), recall_min=rec.get('min'), recall_median=rec.get('median'))
+        if clean == 'modified':
+            tg = [m for m in inc if m.get('target') == p]
+            row.update(targeted=len(tg), degraded_recall_median=_quantiles(m_of(m, 'subject').get('recall', {}).get(p) for m in tg).get('median'),
+                       target_gain_median=_quantiles(m.get('quality', {}).get('target_gain') for m in tg).get('median'))
+        out['per_pattern'][p] = row
+    out['metrics'] = {f'{k}.{v}': _quantiles(m_of(m, k).get(v) for m in metas) for k in self.schema.models for v in ('acc', 'negative_accuracy')}
+    if clean == 'modified':
+        for k in ('target_gain', 'worst_other_change', 'negative_change'):
+            out['metrics'][k] = _quantiles(m.get('quality', {}).get(k) for m in metas)
+        out['metrics']['target_gain_ci_low'] = _quantiles((m.get('quality', {}).get('target_gain_ci') or [None])[0] for m in metas)
+    out['metrics'] = {k: v for k, v in out['metrics'].items() if v}
     return out

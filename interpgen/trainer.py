@@ -740,7 +740,7 @@ def behaviour(arch:SubjectArch, # the architecture of every model in `flats`
              ) -> list: # one dict per model
     "Recall per included pattern and accuracy on negatives (hard, uniform) of each model on `ds`, with Wilson intervals."
     x = encode(ds.seqs, arch, torch.float32)
-    pos = {p: ds.membership[:, j] for p, j in zip(ds.include, ds.include_idx)}
+    pos = {p: ds.source == j for p, j in zip(ds.include, ds.include_idx)}        # each pattern's own block of positives
     neg = ds.labels == 0; hard, uni = neg & (ds.source <= -2), neg & (ds.source == -1)
     out = []
     for flat in flats:

@@ -1,13 +1,15 @@
 """The generation pipeline and its store, end to end on real Zarr stores: crash and resume, workers, bad input."""
-import json, os, shutil, signal, subprocess, time
+import json, math, os, shutil, signal, subprocess, time
 import numpy as np
 import pytest
 import yaml
 import zarr
-from interpgen.sampler import InterpgenError
-from interpgen.pipeline import DatasetGenerationPipeline, load_config, make_candidate, DEFAULT_CONFIG_YAML, GenerationConfig
+from interpgen.sampler import InterpgenError, PatternDatasetSampler
+from interpgen.pipeline import (DatasetGenerationPipeline, load_config, make_candidate, build_candidate, evaluation_set,
+                                DEFAULT_CONFIG_YAML, GenerationConfig)
 from interpgen.store import open_zoo, record_hash
 from zoo_helpers import ROOT, cli, tree, arrays, same_store, tiny_config
+from independent import Space, read_zoo, fresh_measures, forward
 
 TINY = tiny_config(48, 3)
 
@@ -19,34 +21,75 @@ def tiny_zoo(tmp_path_factory):
     return DatasetGenerationPipeline(TINY).run(out, workers=1, progress=False).path
 
 
+def _own_wilson_low(k, n, z=1.96):
+    p = k / n; return (p + z * z / (2 * n) - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+
+
 def test_records_hold_what_they_claim(tiny_zoo):
+    "Every kept record, recomputed on its evaluation set with our own forward pass: the stored numbers, and the two-sided filter."
     zoo = open_zoo(tiny_zoo)
     assert len(zoo) == 48 and len(zoo.done_shards()) == 6 and zoo.schema.models == ('subject', 'modified')
-    cfg = load_config(TINY)
+    cfg = load_config(TINY); q, c = cfg.quality, cfg.corruption
+    sd = zoo.signature_dataset; space = PatternDatasetSampler(7, 7).space
     recs = list(zoo)
     assert [r.index for r in recs] == list(range(48)) and [r.hash for r in recs] == zoo.hashes()
     for r in recs:
         assert record_hash(r) == r.hash
-        q, m = r.meta['quality'], r.meta['metrics']
-        # the filter, recomputed from the stored clean-test metrics
-        gain = m['modified']['per_pattern'][r.meta['target']] - m['subject']['per_pattern'][r.meta['target']]
-        assert gain >= cfg.corruption.min_degradation_threshold - 1e-9 and abs(gain - q['target_gain']) < 1e-6
-        assert q['worst_other_change'] <= cfg.corruption.max_other_degradation + 1e-9
+        ev = evaluation_set(cfg, r, sd)                                # drawn again from the record's seed; its hash checked inside
+        seen = set(space.encode(r.dataset.seqs).tolist()) | set(space.encode(sd.seqs).tolist())
+        assert not seen & set(space.encode(ev.seqs).tolist())          # nothing the models saw
+        blocks = {p: ev.source == ev.pattern_names.index(p) for p in r.meta['patterns']}
+        neg = ev.labels == 0
+        assert not ev.membership[neg][:, ev.include_idx].any() and all(ev.membership[b, ev.pattern_names.index(p)].all() for p, b in blocks.items())
+        own = {}
+        for w in ('subject', 'modified'):
+            said = forward(r.meta['arch'], r.params[w].numpy(), ev.seqs) > 0
+            own[w] = dict(recall={p: said[b].mean() for p, b in blocks.items()}, neg=(~said[neg]).mean(),
+                          k={p: int(said[b].sum()) for p, b in blocks.items()}, kn=int((~said[neg]).sum()))
+            m = r.meta['metrics'][w]                                    # the stored claims, to float32 rounding of the logits
+            for p in blocks: assert abs(own[w]['recall'][p] - m['recall'][p]) <= 2 / blocks[p].sum()
+            assert abs(own[w]['neg'] - m['negative_accuracy']) <= 2 / neg.sum()
+        clean, deg, t = own['modified'], own['subject'], r.meta['target']
+        for p, b in blocks.items(): assert _own_wilson_low(clean['k'][p], int(b.sum())) >= q.min_recall - 0.005      # labels hold
+        assert _own_wilson_low(clean['kn'], int(neg.sum())) >= q.min_negative_accuracy - 0.005
+        assert clean['recall'][t] - deg['recall'][t] >= c.min_degradation_threshold - 0.005                         # a real repair
+        for p in blocks:
+            if p != t: assert abs(clean['recall'][p] - deg['recall'][p]) <= c.max_other_degradation + 0.005           # both ways
+        assert abs(clean['neg'] - deg['neg']) <= c.max_negative_degradation + 0.005
+        assert r.meta['quality']['target_gain_ci'][0] > 0
         # corruption: only train/validation positives of the target alone flipped; test labels clean
         flipped = np.flatnonzero(r.train_labels != r.dataset.labels)
         assert len(flipped) == r.meta['corruption']['flipped'] > 0
-        t = r.dataset.pattern_names.index(r.meta['target']); inc = r.dataset.include_idx
-        assert (r.split[flipped] < 2).all() and r.dataset.membership[flipped, t].all()
+        ti = r.dataset.pattern_names.index(t); inc = r.dataset.include_idx
+        assert (r.split[flipped] < 2).all() and r.dataset.membership[flipped, ti].all()
         assert (r.dataset.membership[flipped][:, inc].sum(1) == 1).all() and (r.dataset.labels[flipped] == 1).all()
-    # a stored model reproduces its stored test accuracy on its stored test split
-    r = zoo[5]
-    for which in ('subject', 'modified'):
-        model = zoo.model(5, which); te = r.split == 2
-        acc = (model.predict(r.dataset.seqs[te]) == r.dataset.labels[te]).mean()
-        assert abs(acc - r.meta['metrics'][which]['acc']) < 1e-9
     assert [x.index for x in zoo[10:14]] == [10, 11, 12, 13] and zoo[-1].index == 47
     assert zoo[7].hash == zoo[7:8][0].hash
     with pytest.raises(InterpgenError, match='index'): zoo[48]
+
+
+def test_claims_hold_on_fresh_data(tiny_zoo):
+    "Independent code (own patterns, own forward pass, fresh sequences none of the record's): the claims agree within sampling error."
+    space = Space(); recs, probes, _ = read_zoo(tiny_zoo)
+    for r in recs:
+        f = fresh_measures(space, r, probes, n=400)
+        for w, mine in f.items():
+            m = r['meta']['metrics'][w]
+            pairs = [(mine['recall'][p], m['recall'][p], mine['n'][p], m['positives'][p]) for p in mine['recall']]
+            pairs.append((mine['negative_accuracy'], m['negative_accuracy'], mine['n_negatives'], m['negatives']))
+            for a, b, na, nb in pairs:
+                p = min(max((a + b) / 2, 0.02), 0.98)
+                assert abs(a - b) <= 4.5 * math.sqrt(p * (1 - p) * (1 / na + 1 / nb)) + 0.005, (r['index'], w, a, b)
+
+
+def test_evaluation_sets_are_disjoint_and_deterministic():
+    cfg = load_config(TINY); sd = DatasetGenerationPipeline(TINY).signature_dataset(); space = PatternDatasetSampler(7, 7).space
+    a, b = (build_candidate(cfg, make_candidate(cfg, 5, 0), sd) for _ in range(2))
+    assert a.evaluation.sha256 == b.evaluation.sha256 and np.array_equal(a.evaluation.seqs, b.evaluation.seqs)
+    assert build_candidate(cfg, make_candidate(cfg, 5, 1), sd).evaluation.sha256 != a.evaluation.sha256
+    ev = set(space.encode(a.evaluation.seqs).tolist())
+    assert not ev & set(space.encode(a.ds.seqs).tolist()) and not ev & set(space.encode(sd.seqs).tolist())
+    assert a.evaluation.labels.sum() == (a.evaluation.labels == 0).sum() == 100 * len(a.cand.patterns)
 
 
 def test_candidates_depend_only_on_seed_index_attempt():
@@ -90,7 +133,9 @@ def test_classification_only_and_finetune(tmp_path):
     zoo = DatasetGenerationPipeline(c).run(tmp_path / 'c.zarr', progress=False)
     assert zoo.schema.models == ('subject',) and 'modified/params' not in arrays(zoo.path)
     r = zoo[0]
-    assert r.meta['target'] is None and (r.train_labels == r.dataset.labels).all() and zoo.info()['rejected'] == 0
+    assert r.meta['target'] is None and (r.train_labels == r.dataset.labels).all() and 'quality' not in r.meta
+    assert set(zoo.info()['rejections']) <= {'clean_recall_low', 'clean_negatives_low'}     # only the label check applies
+    for r in zoo: assert all(lo >= 0.7 - 1e-9 for lo, _ in r.meta['metrics']['subject']['recall_ci'].values())
     f = dict(TINY, size=8, modified_model=dict(mode='finetune', finetune_epochs=3))
     zf = DatasetGenerationPipeline(f).run(tmp_path / 'f.zarr', progress=False)
     for r in zf:
@@ -105,10 +150,16 @@ def test_bad_config_fails_before_any_work(tmp_path):
                        (dict(dataset=dict(patterns=['palindrome', 'nope'])), ['dataset.patterns', 'nope', 'sorted_ascending']),
                        (dict(dataset=dict(patterns=['all_same', 'palindrome', 'no_repeats'])), ['dataset.patterns', 'all_same', 'if_short']),
                        (dict(store=dict(chunk_records=8, shard_records=12)), ['store.shard_records', '12', 'multiple']),
-                       (dict(tasks=['explain']), ['tasks', 'explain', 'classification'])]:
+                       (dict(tasks=['explain']), ['tasks', 'explain', 'classification']),
+                       (dict(quality=dict(min_recall=1.5)), ['quality.min_recall=1.5', 'in [0, 1]']),
+                       (dict(quality=dict(min_negative_accuracy=-0.1)), ['quality.min_negative_accuracy=-0.1', 'in [0, 1]']),
+                       (dict(corruption=dict(max_other_degradation=2)), ['corruption.max_other_degradation=2', 'in [0, 1]']),
+                       (dict(quality=dict(n_per_pattern=0)), ['quality.n_per_pattern=0', '>= 1']),
+                       (dict(quality=dict(max_attempts=0)), ['quality.max_attempts=0', '>= 1']),
+                       (dict(corruption=dict(max_attempts=16)), ['corruption.max_attempts', 'quality.max_attempts now'])]:
         cfg = tmp_path / 'bad.yaml'; cfg.write_text(yaml.safe_dump(bad))
         r = cli('interpgen_generate', '--config', cfg, '--out', out, check=False)
-        assert r.returncode == 2, r.stderr
+        assert r.returncode == 2 and r.stderr.count('\n') == 1, r.stderr        # one line, no traceback
         for w in words: assert w in r.stderr, (w, r.stderr)
         assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith('.zoo')]
 
@@ -155,3 +206,27 @@ def test_info_cli(tiny_zoo):
     assert sum(info['targets'].values()) == 48 and info['candidates'] == 48 + info['rejected'] + info['unused']
     r = cli('interpgen_info', tiny_zoo)
     assert 'rejection_rate' in r.stdout and 'subject.acc' in r.stdout
+
+
+def test_a_record_that_cannot_pass_is_reported_then_a_higher_cap_makes_only_it(tmp_path):
+    "With a cap of one candidate some records fail: the others are written, the run exits 2 naming them; a higher cap finishes them."
+    c = dict(tiny_config(16, 7), quality=dict(tiny_config(16, 7)['quality'], max_attempts=1))
+    cfg = tmp_path / 'c.yaml'; cfg.write_text(yaml.safe_dump(c)); out = tmp_path / 'z.zarr'
+    r = cli('interpgen_generate', '--config', cfg, '--out', out, '--quiet', check=False)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'were not made: none of their 1 candidates passed' in r.stderr, r.stderr
+    zoo = open_zoo(out); failed = zoo.failed_records()
+    assert 0 < len(failed) < 16 and all(f['attempts'] == 1 and sum(f['reasons'].values()) == 1 for f in failed.values())
+    assert str(sorted(failed)[:10]) in r.stderr and '--max_attempts 3' in r.stderr
+    made = [i for i in range(16) if i not in failed]
+    assert [zoo[i].index for i in made] == made and all(zoo.verify(i) for i in made)
+    with pytest.raises(InterpgenError, match='was not made'): zoo[min(failed)]
+    before = tree(out)                                                # the same cap again: nothing new to try, nothing touched
+    assert cli('interpgen_generate', '--config', cfg, '--out', out, '--quiet', check=False).returncode == 2 and tree(out) == before
+    hashes = zoo.hashes()
+    r = cli('interpgen_generate', '--config', cfg, '--out', out, '--quiet', '--max_attempts', '255')
+    zoo = open_zoo(out)
+    assert zoo.failed_records() == {} and len(zoo.done_shards()) == 2
+    assert [h for i, h in enumerate(zoo.hashes()) if i in made] == [h for i, h in enumerate(hashes) if i in made]   # only the failed were made
+    assert all(zoo[i].meta['attempt'] >= 1 for i in failed)
+    fresh = DatasetGenerationPipeline(c, max_attempts=255).run(tmp_path / 'fresh.zarr', progress=False)
+    same_store(out, fresh.path)                                       # the same zoo a run with the higher cap makes from scratch

@@ -8,12 +8,16 @@ from interpgen.store import open_zoo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+EASY = ['starts_with', 'ends_with', 'vowel_consonant', 'sorted_ascending', 'sorted_descending', 'mountain_pattern', 'contains_abc']
+
+
 def tiny_config(size:int, seed:int, max_epochs:int=6) -> dict:
-    "A small real run: 1-2 hidden layers of 4-8 units, a few epochs, shards of 8 records in chunks of 4."
-    return dict(size=size, seed=seed, model=dict(layers=[1, 2], width=[4, 8]),
-                dataset=dict(patterns_per_model=[2, 3], samples_per_pattern=40),
+    "A small real run: 1-2 hidden layers of 4-8 units on patterns such nets learn, a few epochs, shards of 8 records in chunks of 4."
+    return dict(size=size, seed=seed, model=dict(layers=[1, 2], width=[4, 8], learning_rate=[0.01, 0.03]),
+                dataset=dict(patterns=EASY, patterns_per_model=[2, 3], samples_per_pattern=100),
                 training=dict(max_epochs=max_epochs, batch_size=32),
-                corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_attempts=40),
+                quality=dict(n_per_pattern=100, min_recall=0.7, min_negative_accuracy=0.7),
+                corruption=dict(rate=[0.6, 0.9], min_degradation_threshold=0.05, max_other_degradation=0.2, max_negative_degradation=0.2),
                 signature=dict(size=32), store=dict(chunk_records=4, shard_records=8))
 
 
