@@ -26,7 +26,7 @@ __all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'Model
            'CorruptionSection', 'QualitySection', 'ModifiedSection', 'SignatureSection', 'StoreSection',
            'GenerationConfig', 'config_from_dict', 'load_config', 'Candidate', 'make_candidate', 'corruption_region',
            'corrupt', 'label_check', 'repair_check', 'quality', 'build_candidate', 'evaluation_set', 'train_candidates',
-           'attempt_rounds', 'generate_shard', 'DatasetGenerationPipeline', 'bench_pipeline']
+           'attempt_rounds', 'generate_shard', 'DatasetGenerationPipeline', 'bench_pipeline', 'bench_learnability']
 
 # %% ../nbs/04_pipeline.ipynb #5dda77a4
 DEFAULT_CONFIG_YAML = """\
@@ -66,8 +66,8 @@ quality:                  # measured on each record's evaluation set: fresh sequ
   n_per_pattern: 500      # evaluation positives per included pattern (all that are left when fewer), and as many negatives
   min_recall: 0.8         # the clean model calls at least this share of every labelled pattern's sequences positive ...
   min_negative_accuracy: 0.8       # ... and at least this share of the negatives negative
-  max_attempts: 255       # candidates per record before it is reported failed; rounds try 1, 2, 4, ... new ones per missing
-                          # record, so the cap is met at a round's end (1, 3, 7, 15, ..., 255); not part of the zoo's hash
+  max_attempts: 256       # candidates per record before it is reported failed; rounds try 1, 1, 2, 4, ... new ones per missing
+                          # record, so the cap is met at a round's end (1, 2, 4, 8, ..., 256); not part of the zoo's hash
 corruption:               # modification records only
   rate: [0.2, 0.5]        # share of the target's eligible training positives flipped to 0
   mode: region            # region (one region of sequence space: a consistent blind spot) or random (uniform, the reference's)
@@ -183,7 +183,7 @@ class CorruptionSection:
 @dataclass
 class QualitySection:
     "What every kept record must show on its evaluation set, and how long a record may keep trying."
-    n_per_pattern:int=500; min_recall:float=0.8; min_negative_accuracy:float=0.8; max_attempts:int=255
+    n_per_pattern:int=500; min_recall:float=0.8; min_negative_accuracy:float=0.8; max_attempts:int=256
     def __post_init__(self):
         self.n_per_pattern = _num(self.n_per_pattern, 'quality.n_per_pattern', 1, None, int)
         self.min_recall = _num(self.min_recall, 'quality.min_recall', 0, 1)
@@ -490,12 +490,10 @@ def _one_thread():
 def attempt_rounds(max_attempts:int, # the cap (`quality.max_attempts`)
                    tried:int=0 # attempts every record of the round has already had (a power of 2, minus 1)
                   ) -> list: # one `range` of attempts per round
-    "The attempts of each round after `tried`: round r tries attempts `2**r - 1 .. 2**(r+1) - 2`, while its first is below `max_attempts`."
-    r = (tried + 1).bit_length() - 1
-    check_arg(tried == 2 ** r - 1, 'tried', tried, 'a number of attempts at the end of a round (0, 1, 3, 7, ...)')
-    out = []
-    while 2 ** r - 1 < max_attempts: out.append(range(2 ** r - 1, 2 ** (r + 1) - 1)); r += 1
-    return out
+    "The attempts of each round after `tried`: round 0 tries attempt 0, round `r >= 1` attempts `2**(r-1) .. 2**r - 1`, while its first is below `max_attempts`."
+    check_arg(tried == 0 or tried & (tried - 1) == 0, 'tried', tried, 'a number of attempts at the end of a round (0, 1, 2, 4, 8, ...)')
+    ends = [0] + [2 ** r for r in range(64)]                             # attempts tried after each round
+    return [range(a, b) for a, b in zip(ends, ends[1:]) if a >= tried and a < max_attempts]
 
 def _meta(cfg, b:_Built, sub, mod, beh:list, q) -> dict:
     c, ev = b.cand, b.evaluation
@@ -658,7 +656,7 @@ def _failed_message(failed:dict, c:GenerationConfig) -> str:
     why = '; '.join(f"record {i}: {top(failed[i]['reasons'])}" for i in ids[:3])
     return (f"records {ids[:10]}{'...' if len(ids) > 10 else ''} were not made: none of their {n} candidates passed the quality filter "
             f"({why}); every other record is written. "
-            f"Run again with the same config and --out and a higher quality.max_attempts (--max_attempts {2 * n + 1}) to make only these, "
+            f"Run again with the same config and --out and a higher quality.max_attempts (--max_attempts {2 * n}) to make only these, "
             f"or relax the filter (a new zoo)")
 
 @patch
@@ -716,3 +714,45 @@ def bench_pipeline(config='default', # preset name, YAML path, dict or config
                rejection_rate=info['rejection_rate'], bytes_per_record=info['bytes_per_record'], peak_mb=round(pm.peak_mb))
     log(' | '.join(f'{k}={v}' for k, v in row.items()))
     return row
+
+# %% ../nbs/04_pipeline.ipynb #66e0c347
+def _set(d:dict, key:str, v) -> dict:
+    "A copy of the config dict `d` with the dotted `key` (`dataset.samples_per_pattern`) set to `v`."
+    sec, _, k = key.partition('.'); d = json.loads(json.dumps(d))
+    if k: d[sec] = dict(d.get(sec) or {}, **{k: v})
+    else: d[sec] = v
+    return d
+
+def bench_learnability(config='default', # preset name, YAML path, dict or config: the budget every row starts from
+                       budgets:dict|None=None, # row name -> {dotted config key: value} over `config` (None: the config as is)
+                       n:int=256, # first candidates (records 0..n-1, attempt 0) per budget
+                       patterns:list|None=None, # the patterns to draw from (None: the config's)
+                       workers:int=2, # trainer processes
+                       log=print) -> list: # one row per budget
+    """Which training budget lets the models learn their labels: for each budget, `n` candidates drawn and trained as a
+    classification run would (clean labels), each judged by the label check on its evaluation set. A row has the share
+    passing (`accepted`, with its 95% interval), the share whose negatives pass, training seconds per candidate and, per
+    pattern, the share of the models including it whose recall on it passes."""
+    base = load_config(config).to_dict() | dict(tasks=['classification'])
+    if patterns is not None: base = _set(base, 'dataset.patterns', list(patterns))
+    rows = []
+    for name, over in (budgets or {'config': {}}).items():
+        d = base
+        for k, v in over.items(): d = _set(d, k, v)
+        cfg = config_from_dict(d); q = cfg.quality
+        built = [build_candidate(cfg, make_candidate(cfg, i, 0)) for i in range(n)]
+        jobs = [TrainJob(b.cand.arch, b.ds.seqs, b.train_labels, b.cand.train_seed, b.cand.lr, b.ds.labels, b.ds.membership,
+                         list(b.ds.pattern_names)) for b in built]
+        t = time.perf_counter(); res = SubjectModelTrainer(cfg.training.train_config()).fit(jobs, workers=workers)
+        secs = time.perf_counter() - t
+        seen, passed, neg, ok = Counter(), Counter(), 0, 0
+        for b, r in zip(built, res):
+            with _one_thread(): beh = behaviour(b.cand.arch, [r.params], b.evaluation)[0]
+            for p in b.cand.patterns: seen[p] += 1; passed[p] += bool(beh['recall_ci'][p][0] >= q.min_recall - 1e-12)
+            neg += bool(beh['negative_ci'][0] >= q.min_negative_accuracy - 1e-12); ok += label_check(beh, q)['ok']
+        lo, hi = wilson(ok, n)
+        row = dict(budget=name, accepted=round(ok / n, 3), accepted_ci=[round(lo, 3), round(hi, 3)], negatives_pass=round(neg / n, 3),
+                   train_s_per_candidate=round(secs / n, 3), epochs_median=float(np.median([r.epochs for r in res])),
+                   **{p: round(passed[p] / seen[p], 2) if seen[p] else None for p in cfg.dataset.patterns})
+        rows.append(row); log(' | '.join(f'{k}={v}' for k, v in row.items()))
+    return rows

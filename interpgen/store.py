@@ -469,7 +469,7 @@ def _quantiles(x) -> dict:
     x = np.asarray([v for v in x if v is not None], float)
     if not len(x): return {}
     q = np.quantile(x, [0, .25, .5, .75, 1])
-    return dict(n=len(x), min=round(q[0], 4), q25=round(q[1], 4), median=round(q[2], 4), q75=round(q[3], 4), max=round(q[4], 4), mean=round(x.mean(), 4))
+    return dict(n=len(x)) | {k: round(float(v), 4) for k, v in zip(('min', 'q25', 'median', 'q75', 'max', 'mean'), [*q, x.mean()])}
 
 def _summed(dicts) -> dict:
     "Counts summed over dicts, largest first."
