@@ -16,7 +16,7 @@ import zarr
 from fastcore.basics import patch
 from .sampler import (InterpgenError, check_arg, PatternDataset, SignatureDataset, from_strings, to_strings,
                                content_hash)
-from .trainer import SubjectArch, SubjectModel, unflatten_state
+from .trainer import SubjectArch, SubjectModel, unflatten_state, wilson
 from .extractor import ActivationSignature, SignatureLayout
 
 # %% auto #0
@@ -493,6 +493,9 @@ def info(self:Zoo) -> dict:
                candidates=cand, rejected=rej, unused=sum(s.get('unused', 0) for s in stats), rejection_rate=round(rej / cand, 4) if cand else 0.0,
                seconds=round(sum(s['seconds'] for s in stats), 1),
                rejections=_summed(s.get('reasons', {}) for s in stats))
+    cap = (self.config.get('quality') or {}).get('max_attempts')
+    if cand and cap:                  # candidates are independent draws: a record misses all `cap` of them with probability (1 - a)^cap
+        out['failure_bound'] = float(f"{(1 - wilson(cand - rej, cand)[0]) ** cap:.3g}")
     by = {r: _summed(s.get('rejected_by_pattern', {}).get(r, {}) for s in stats) for r in out['rejections']}
     out['rejections_by_pattern'] = {r: v for r, v in by.items() if v}
     out['patterns'] = {p: sum(p in m['patterns'] for m in metas) for p in self.pattern_names if any(p in m['patterns'] for m in metas)}

@@ -204,6 +204,9 @@ def test_info_cli(tiny_zoo):
     info = json.loads(r.stdout)
     assert info['written'] == 48 and info['config_hash'] == load_config(TINY).hash
     assert sum(info['targets'].values()) == 48 and info['candidates'] == 48 + info['rejected'] + info['unused']
+    passed, n = info['candidates'] - info['rejected'], info['candidates']       # candidates are independent draws
+    bound = (1 - _own_wilson_low(passed, n)) ** load_config(TINY).quality.max_attempts
+    assert 0 < info['failure_bound'] < 1e-6 and math.isclose(info['failure_bound'], bound, rel_tol=2e-3)
     r = cli('interpgen_info', tiny_zoo)
     assert 'rejection_rate' in r.stdout and 'subject.acc' in r.stdout
 
