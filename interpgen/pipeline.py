@@ -56,7 +56,7 @@ dataset:
 training:
   batch_size: 128
   max_epochs: 20
-  patience: 3            # epochs without a better validation loss before a model stops (3 and 5 pass as many: see the chapter)
+  patience: 3            # epochs without a better validation loss before a model stops (5 passes no more)
   split: [0.7, 0.15, 0.15]   # train / validation / test; the test split keeps clean labels
   quantization: null      # int8, int4, ternary, binary or null
   models_per_batch: 128
@@ -300,9 +300,9 @@ def config_from_dict(d:dict|None) -> GenerationConfig:
 PRESETS = {
     'default': {},
     # the reference's example model ranges: 6-9 hidden layers of 25-40 units, relu/gelu, 2-5 patterns, corruption 0.3,
-    # degradation threshold 0.05, batch 128, 20 epochs (its patience 5: 3 passes as many, sooner); with the data its deep models need to learn their
-    # labels and a learning rate range that suits it (the reference's <= 500 examples left 99% of them short of the label
-    # check; see the budget table in the chapter)
+    # degradation threshold 0.05, batch 128, 20 epochs (its patience 5: 3 passes as many, sooner); with the data its
+    # deep models need to learn their labels and a learning rate range that suits it (the reference's <= 500 examples
+    # left 99% of them short of the label check; see the budget table in the chapter)
     'reference': dict(size=1024, model=dict(layers=[6, 9], width=[25, 40], activations=['relu', 'gelu'], learning_rate=[0.003, 0.02]),
                       dataset=dict(patterns_per_model=[2, 5], samples_per_pattern=500, max_total_examples=5000),
                       training=dict(batch_size=128, max_epochs=20, patience=3),
@@ -483,6 +483,10 @@ def _one_thread():
     try: yield
     finally: torch.set_num_threads(old)
 
+def _measure(b:_Built, models:list) -> list:
+    "`behaviour` of each trained model in `models` on candidate `b`'s evaluation set, on one thread."
+    with _one_thread(): return behaviour(b.cand.arch, [m.params for m in models], b.evaluation)
+
 def train_and_judge(cfg:GenerationConfig, # the run's config
                     built:list, # candidates (`build_candidate`)
                     T:Counter|None=None # seconds by stage, added to (`train`, `evaluate`)
@@ -493,24 +497,22 @@ def train_and_judge(cfg:GenerationConfig, # the run's config
     T = Counter() if T is None else T
     def timed(stage, f, *a, **kw):
         t = time.perf_counter(); out = f(*a, **kw); T[stage] += time.perf_counter() - t; return out
-    def measure(b, models):
-        with _one_thread(): return behaviour(b.cand.arch, [m.params for m in models], b.evaluation)
     if not cfg.modification:
         res = timed('train', _fit, cfg, [_job(b, b.train_labels) for b in built])
-        bh = timed('evaluate', lambda: [measure(b, [r]) for b, r in zip(built, res)])
+        bh = timed('evaluate', lambda: [_measure(b, [r]) for b, r in zip(built, res)])
         return [(r, None, x, quality(cfg, x[0], None, None)) for r, x in zip(res, bh)]
     if cfg.modified_model.mode == 'finetune':                          # the modified model continues the degraded one
         res = timed('train', _fit, cfg, [_job(b, b.train_labels) for b in built])
         mod = timed('train', _fit, cfg, [_job(b, b.ds.labels, init=r.params.float()) for b, r in zip(built, res)],
                     max_epochs=cfg.modified_model.finetune_epochs)
-        bh = timed('evaluate', lambda: [measure(b, [r, m]) for b, r, m in zip(built, res, mod)])
+        bh = timed('evaluate', lambda: [_measure(b, [r, m]) for b, r, m in zip(built, res, mod)])
         return [(r, m, x, quality(cfg, x[0], x[1], b.cand.target)) for b, r, m, x in zip(built, res, mod, bh)]
     clean = timed('train', _fit, cfg, [_job(b, b.ds.labels) for b in built])
-    cb = timed('evaluate', lambda: [measure(b, [m])[0] for b, m in zip(built, clean)])
+    cb = timed('evaluate', lambda: [_measure(b, [m])[0] for b, m in zip(built, clean)])
     lab = [label_check(x, cfg.quality) for x in cb]
     keep = [k for k, v in enumerate(lab) if v['ok']]
     sub = dict(zip(keep, timed('train', _fit, cfg, [_job(built[k], built[k].train_labels) for k in keep])))
-    sb = timed('evaluate', lambda: {k: measure(built[k], [sub[k]])[0] for k in keep})
+    sb = timed('evaluate', lambda: {k: _measure(built[k], [sub[k]])[0] for k in keep})
     return [(sub[k], clean[k], [sb[k], cb[k]], repair_check(sb[k], cb[k], b.cand.target, cfg.corruption)) if k in sub
             else (None, clean[k], None, lab[k]) for k, b in enumerate(built)]
 
@@ -750,7 +752,7 @@ def bench_learnability(config='default', # preset name, YAML path, dict or confi
         secs = time.perf_counter() - t
         seen, passed, neg, ok, at = Counter(), Counter(), 0, 0, Counter()
         for b, r in zip(built, res):
-            with _one_thread(): beh = behaviour(b.cand.arch, [r.params], b.evaluation)[0]
+            beh = _measure(b, [r])[0]
             for p in b.cand.patterns: seen[p] += 1; passed[p] += bool(beh['recall_ci'][p][0] >= q.min_recall - 1e-12)
             neg += bool(beh['negative_ci'][0] >= q.min_negative_accuracy - 1e-12); ok += label_check(beh, q)['ok']
             for th in thresholds: at[th] += label_check(beh, replace(q, min_recall=th, min_negative_accuracy=th))['ok']
