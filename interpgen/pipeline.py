@@ -673,6 +673,16 @@ def _pool_shards(workers:int, tasks:list):
     finally:
         for f in futs: f.cancel()
 
+def _warm(cfg_dict:dict) -> int:
+    "Pool task: import what a shard needs and build this process's sampler (its tables too) before the first shard arrives."
+    _sampler(config_from_dict(cfg_dict))._bits
+    return os.getpid()
+
+def _start_workers(c:GenerationConfig, loc:StoreLocation, workers:int):
+    "Start a new zoo's pool now: its workers import torch and build their samplers while this process prepares the zoo."
+    if workers > 1 and -(-c.size // c.store.shard_records) > 1 and zoo_state(loc) == 'missing':
+        for _ in range(workers): worker_pool(workers).submit(_warm, c.to_dict())
+
 def _failed_message(failed:dict, c:GenerationConfig) -> str:
     "One line: which records could not be made, why, and how to make them."
     top = lambda r: ', '.join(f'{k} {v}' for k, v in sorted(r.items(), key=lambda kv: -kv[1])[:3])
@@ -697,6 +707,7 @@ def run(self:DatasetGenerationPipeline,
     c = self.config; loc = StoreLocation(out)
     if loc.local: check_writable_parent(loc.root)
     with RunLock(loc, config_hash=c.hash) as lock:
+        if scheduler is None: _start_workers(c, loc, workers)
         path, sd, todo = self.prepare(loc, overwrite, lock=lock)
         zoo = open_zoo(loc); stats = zoo.shard_stats()
         todo = [s for s in todo if stats[s] is None or attempt_rounds(c.quality.max_attempts, max(f['attempts'] for f in stats[s]['failed'].values()))]

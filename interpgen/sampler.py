@@ -441,14 +441,14 @@ def _draw_listed(rng, pool, k, used:set):
 
 def _draw_sparse(rng, base, n:int, bits, avoid, k:int, used:_Taken, max_rounds:int=8):
     "`k` distinct codes uniform over the pool by rejection: draws from `base` (codes; None: `0..n-1`) without its `avoid` bits or `used`; None if too few pass."
-    out, mine = [], set()
+    out = np.empty(0, np.int64)
     for _ in range(max_rounds):
         i = rng.integers(0, n, max(2 * (k - len(out)) + 16, 64)); c = i if base is None else base[i]
         c = c[((bits[c] & avoid) == 0) & ~used.mask[c]]
         c = c[np.sort(np.unique(c, return_index=True)[1])]          # distinct, in the order drawn
-        for x in c.tolist():
-            if x not in mine: mine.add(x); out.append(x)
-        if len(out) >= k: return np.array(out[:k], dtype=np.int64)
+        if len(out): c = c[~np.isin(c, out)]                         # and not drawn in an earlier round
+        out = np.concatenate([out, c.astype(np.int64)])
+        if len(out) >= k: return out[:k]
     return None
 
 def _draw_generated(rng, gen, keep, k, used:set, space, max_rounds=60):

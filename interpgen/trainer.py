@@ -851,10 +851,17 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 _POOLS: dict = {}
 _POOL_STATE = None   # in a pool worker: (shared [tasks waiting, workers busy], number of workers)
 
+def _pool_context():
+    """Where fork is safe, a fork server that imports interpgen (torch with it) once and forks every worker from it;
+    elsewhere spawn, where each worker imports torch itself (~1.2 s each, the workers' start-up)."""
+    if 'forkserver' not in mp.get_all_start_methods(): return mp.get_context('spawn')
+    ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['interpgen.pipeline'])
+    return ctx
+
 class CountingPool(ProcessPoolExecutor):
     "A pool of `workers` spawned processes whose workers can read how many tasks wait and how many workers are busy."
     def __init__(self, workers:int):
-        ctx = mp.get_context('spawn'); self.state = ctx.Array('i', 2)   # [tasks waiting, workers busy]
+        ctx = _pool_context(); self.state = ctx.Array('i', 2)          # [tasks waiting, workers busy]
         super().__init__(workers, mp_context=ctx, initializer=_worker_init, initargs=(self.state, workers))
     def submit(self, fn, /, *args, **kwargs):                     # `map` submits through here too
         with self.state.get_lock(): self.state[0] += 1
