@@ -13,7 +13,7 @@ from .trainer import bench_trainer, shutdown_pools
 from .extractor import bench_extractor
 from .pipeline import DatasetGenerationPipeline, DEFAULT_CONFIG_YAML, bench_pipeline
 from .store import open_zoo
-from .formatter import (TrainingDataFormatter, export_examples, evaluate_predictions, DEFAULT_MODEL, bench_formatter,
+from .formatter import (TrainingDataFormatter, NumberFormat, export_examples, evaluate_predictions, DEFAULT_MODEL, bench_formatter,
                                  EXPORT_FORMATS, TASKS)
 
 # %% auto #0
@@ -193,20 +193,30 @@ def interpgen_export(store:str, # the zoo to export
 def interpgen_evaluate(store:str, # the zoo the prompts came from
                        predictions:str=None, # JSON lines: `index` (or `metadata`) and `completion` (or `prediction`)
                        task:str='modification', # `classification` or `modification`
-                       number_format:str='scaled', # the number format of the prompts (modification)
-                       precision:int=3, # the weights precision of the prompts (modification)
+                       export:str=None, # the export the answers came from (default: an export_info.json beside --predictions)
+                       split:str=None, # the split of that export that was asked (default: the one every answer's metadata names)
+                       number_format:str=None, # the answers' number format, for answers that state none
+                       precision:int=None, # the answers' weights precision, for answers that state none
+                       strict:bool=False, # the first bad line or unparseable answer ends the run (exit 2)
                        json_out:str=None, # write the full scores (every record) as JSON here
                        quiet:bool=False): # no progress bar
-    "Score an interpreter's answers: classification (exact match, Jaccard, per-pattern F1) or modification (parse rate, gain)."
+    "Score an interpreter's answers beside the floors: classification (exact set, Jaccard, per-pattern F1) or modification (repaired, recovered)."
     with friendly_errors('interpgen_evaluate'):
         check_arg(predictions is not None, 'predictions', predictions, 'a JSON-lines file of answers, e.g. --predictions answers.jsonl')
-        f = TrainingDataFormatter(number_format=number_format, precision=precision)
-        s = evaluate_predictions(store, task, predictions, f, progress=not quiet)
+        check_arg(json_out is None or Path(json_out).resolve() != Path(predictions).resolve(), 'json_out', json_out,
+                  'another file than --predictions (it would replace the answers)')
+        s = evaluate_predictions(store, task, predictions, number_format, precision, export, split, strict=strict, progress=not quiet)
     if json_out: Path(json_out).write_text(json.dumps(s, indent=1))
+    nf = NumberFormat(s['number_format']['number_format'], s['number_format']['precision'])
+    print(f"{task}: {s['asked']} records asked ({s['asked_from']}): {s['answered']} answered, {s['missing']} missing, "
+          f"{s['unparseable']} unparseable; {s['bad_lines']} lines not read, {s['not_asked']} answers for records not asked; "
+          f"numbers read as {nf.describe()} (from {s['number_format_from']})")
+    for p in s['problems'][:10]: print(f"  line {p['line']}: {p['reason']}")
+    if len(s['problems']) > 10: print(f"  ... and {len(s['problems']) - 10} more lines not read (all of them are in --json_out)")
+    bad = [r for r in s['records'] if r['error'] and r['error'] != 'no answer']
+    if bad: print(f"  the first unparseable answer: record {bad[0]['index']} (line {bad[0]['line']}): {bad[0]['error']}")
+    keys = ('repaired_rate', 'recovered', 'mean_gain') if task == 'modification' else ('exact_match', 'jaccard', 'macro_f1')
     fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)
-    print(' '.join(f'{k}={fmt(v)}' for k, v in s.items() if k not in ('records', 'per_pattern', 'task')))
+    print(_table([dict(answers=name, **{k: fmt(v.get(k)) for k in keys}) for name, v in [('these answers', s)] + list(s['floors'].items())]))
     if task == 'classification':
-        print(_table([dict(pattern=p, **{k: fmt(v) for k, v in r.items()}) for p, r in s['per_pattern'].items() if r['support'] or r['precision'] is not None]))
-    else:
-        bad = [r for r in s['records'] if not r['parsed']]
-        if bad: print(f"{len(bad)} answers did not parse; the first: record {bad[0]['index']}: {bad[0]['error']}")
+        print(_table([dict(pattern=p, **{k: fmt(v) for k, v in r.items()}) for p, r in s['per_pattern'].items()]))

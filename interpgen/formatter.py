@@ -13,17 +13,18 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
-from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state
+from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state, init_params
 from .extractor import ActivationSignature
 from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, _quantiles
 from .pipeline import TASKS, load_config, evaluation_set, repair_check
 
 # %% auto #0
 __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
-           'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter', 'layer_arrays', 'pattern_line',
-           'parse_patterns', 'cache_dir', 'builtin_gguf', 'load_tokenizer', 'count_tokens', 'reference_layout_text',
-           'record_split', 'zoo_candidates', 'iter_examples', 'export_examples', 'load_predictions',
-           'score_classification', 'score_modification', 'evaluate_predictions', 'bench_formatter']
+           'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter',
+           'layer_arrays', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf', 'load_tokenizer',
+           'count_tokens', 'reference_layout_text', 'record_split', 'zoo_candidates', 'iter_examples',
+           'export_examples', 'Answers', 'read_answers', 'find_export_info', 'answers_format', 'all_positive',
+           'AnswerScorer', 'score_answer', 'summarise', 'asked_records', 'evaluate_predictions', 'bench_formatter']
 
 # %% ../nbs/05_formatter.ipynb #fc5168c0
 NUMBER_FORMATS = ('scaled', 'fixed')
@@ -75,6 +76,10 @@ def format(self:NumberFormat, values) -> list:
     return [one(x) for x in q]
 
 # %% ../nbs/05_formatter.ipynb #917e72a2
+def _short(x, n:int=40) -> str:
+    "`repr(x)`, cut to `n` characters (for error messages about arbitrary input)."
+    r = repr(x); return r if len(r) <= n else r[:n] + '...'
+
 @patch
 def parse(self:NumberFormat, tokens:list, # strings written by `format` (or by an interpreter)
           where:str='text') -> np.ndarray: # named in errors, e.g. `'line 12 (layer 1, neuron 4)'`
@@ -85,7 +90,8 @@ def parse(self:NumberFormat, tokens:list, # strings written by `format` (or by a
         if t == 'nan': out[i] = np.nan; continue
         if not pat.fullmatch(t):
             eg = ' '.join(self.format([-0.25, 1.5]))
-            raise InterpgenError(f"{where}: {t!r} is not a number of this format ({self.describe()}, e.g. {eg!r})")
+            raise InterpgenError(f"{where}: {_short(t, 24)} is not a number of this format ({self.describe()}, e.g. {eg!r})")
+        if len(t) > 19: raise InterpgenError(f"{where}: a number of {len(t)} characters ({t[:12]}...) is not a weight of this format")
         out[i] = int(t.replace('.', ''))
     return (out / self.scale).astype(np.float32)
 
@@ -433,7 +439,7 @@ def export_examples(store, # a zoo path or an open `Zoo`
     check_arg(overwrite or not out.exists(), 'out', str(out), 'a path that does not exist yet (or pass overwrite=True)')
     check_writable_parent(out)
     f = formatter or TrainingDataFormatter()
-    rows, lengths, dropped = {s: [] for s in SPLITS}, dict(prompt=[], completion=[], total=[]), []
+    rows, lengths, dropped, indices = {s: [] for s in SPLITS}, dict(prompt=[], completion=[], total=[]), [], {s: [] for s in SPLITS}
     bar = tqdm(total=len(zoo), desc=f'export {task}', unit='rec', disable=not progress)
     for i, ex in iter_examples(zoo, task, f, tokenizer=tokenizer):
         bar.update(1)
@@ -442,10 +448,10 @@ def export_examples(store, # a zoo path or an open `Zoo`
             tot = m['prompt_tokens'] + m['completion_tokens']
             if max_tokens is not None and tot > max_tokens: dropped.append(i); continue
             lengths['prompt'].append(m['prompt_tokens']); lengths['completion'].append(m['completion_tokens']); lengths['total'].append(tot)
-        s = record_split(i, m['patterns'], shares, split_seed, holdout_patterns); m['split'] = s
+        s = record_split(i, m['patterns'], shares, split_seed, holdout_patterns); m['split'] = s; indices[s].append(i)
         rows[s].append(dict(prompt=ex['prompt'], completion=ex['completion'], metadata=json.dumps(m)))
     bar.close()
-    info = dict(store=str(zoo.path), task=task, format=format, counts={s: len(r) for s, r in rows.items()},
+    info = dict(store=str(zoo.path), task=task, format=format, counts={s: len(r) for s, r in rows.items()}, indices=indices,
                 dropped_over_budget=len(dropped), dropped_indices=dropped[:100], max_tokens=max_tokens,
                 tokenizer=tokenizer if isinstance(tokenizer, str) or tokenizer is None else getattr(tokenizer, 'name_or_path', 'custom'),
                 tokens={k: _quant(v) for k, v in lengths.items()}, shares=list(shares), split_seed=split_seed,
@@ -466,87 +472,278 @@ def export_examples(store, # a zoo path or an open `Zoo`
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return info
 
-# %% ../nbs/05_formatter.ipynb #0cdcdef4
-def load_predictions(path) -> dict:
-    "Index -> answer text, from JSON lines with `index` (or `metadata.index`) and `completion` (or `prediction`)."
-    preds, p = {}, Path(path)
-    check_arg(p.is_file(), 'predictions', str(path), 'a JSON-lines file that exists')
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip(): continue
-        try: r = json.loads(line)
-        except json.JSONDecodeError as e: raise InterpgenError(f"{path}, line {n}: not JSON ({e.msg})") from None
-        m = r.get('metadata')
-        idx = r.get('index', (json.loads(m) if isinstance(m, str) else m or {}).get('index'))
-        ans = r.get('completion', r.get('prediction'))
-        if not isinstance(idx, int) or not isinstance(ans, str):
-            raise InterpgenError(f"{path}, line {n}: expected an integer 'index' (or metadata.index) and a string 'completion' (or 'prediction')")
-        preds[idx] = ans
-    return preds
+# %% ../nbs/05_formatter.ipynb #b359ff47
+@dataclass
+class Answers:
+    "An answers file read line by line: the answers that can be scored, and every line that cannot, with its reason."
+    texts:dict # record index -> answer text (the first answer for each record)
+    lines:dict # record index -> the line it is on (None for answers given as a dict)
+    formats:dict # record index -> the text settings its metadata states (`TrainingDataFormatter.settings()`), where it does
+    splits:dict # record index -> the split its metadata names, where it does
+    problems:list # `(line, reason)` of every line not used
+    source:str|None=None # the file, or None for a dict
 
-# %% ../nbs/05_formatter.ipynb #92b754eb
-def score_classification(zoo:Zoo, preds:dict) -> dict:
-    "Exact match, Jaccard and per-pattern precision/recall/F1 of classification answers."
-    cands, rows = zoo_candidates(zoo), []
-    tp, fp, fn = Counter(), Counter(), Counter()
-    for i, text in sorted(preds.items()):
-        truth = set(zoo[i].meta['patterns'])
-        try: got, err = set(parse_patterns(text, cands)), None
-        except InterpgenError as e: got, err = set(), str(e)
-        for p in cands: tp[p] += p in got and p in truth; fp[p] += p in got and p not in truth; fn[p] += p not in got and p in truth
-        rows.append(dict(index=i, parsed=err is None, error=err, exact=got == truth, jaccard=len(got & truth) / max(1, len(got | truth))))
+def _answer_meta(r:dict) -> tuple:
+    "`(metadata dict, None)` or `(None, why it is unusable)`; exports write metadata as a JSON string (jsonl) or an object."
+    m = r.get('metadata')
+    if isinstance(m, str):
+        try: m = json.loads(m)
+        except (ValueError, RecursionError): return None, 'its "metadata" is a string that is not JSON'
+    if m is not None and not isinstance(m, dict): return None, f'its "metadata" is a JSON {type(m).__name__}, not an object'
+    return m or {}, None
+
+def read_answers(source, # a JSON-lines file, or a dict record index -> answer text
+                 n_records:int # records in the zoo: valid indices are 0 .. n_records - 1
+                ) -> Answers:
+    "Check every line of `source`: a JSON object, an integer `index` (or `metadata.index`) of a record, a string `completion` (or `prediction`), one answer per record."
+    if isinstance(source, dict): items, name = [(None, dict(index=k, completion=v)) for k, v in source.items()], None
+    else:
+        p = Path(source); check_arg(p.is_file(), 'predictions', str(source), 'a JSON-lines file that exists')
+        items, name = enumerate(p.read_text(errors='replace').splitlines(), 1), str(source)
+    a = Answers({}, {}, {}, {}, [], name)
+    for n, line in items:
+        if isinstance(line, str):
+            if not line.strip(): continue
+            try: r = json.loads(line)
+            except (ValueError, RecursionError) as e: a.problems.append((n, f'not JSON ({getattr(e, "msg", type(e).__name__)})')); continue
+        else: r = line
+        if not isinstance(r, dict): a.problems.append((n, f'a JSON {type(r).__name__}, not an object with "index" and "completion"')); continue
+        m, why = _answer_meta(r)
+        if why: a.problems.append((n, why)); continue
+        i = r['index'] if 'index' in r else m.get('index')
+        if isinstance(i, bool) or not isinstance(i, int):
+            a.problems.append((n, f'"index" is {_short(i)}: expected an integer (or an exported metadata.index)')); continue
+        if not 0 <= i < n_records: a.problems.append((n, f'index {_short(i)} is not a record of this zoo (0..{n_records - 1})')); continue
+        ans = r['completion'] if 'completion' in r else r.get('prediction')
+        if not isinstance(ans, str):
+            a.problems.append((n, f'record {i}: the answer ("completion" or "prediction") is {_short(ans)}, not a string')); continue
+        if i in a.texts:
+            a.problems.append((n, f'a second answer for record {i} (the first is on line {a.lines[i]}): ignored')); continue
+        a.texts[i], a.lines[i] = ans, n
+        if isinstance(m.get('format'), dict): a.formats[i] = m['format']
+        if isinstance(m.get('split'), str): a.splits[i] = m['split']
+    return a
+
+# %% ../nbs/05_formatter.ipynb #3c7a67ab
+NUMBER_KEYS = ('number_format', 'precision')   # the text settings a weights answer is read with
+
+def find_export_info(predictions, export=None) -> tuple:
+    "`(info, path)` of the export the answers came from: `export` (a folder or its `export_info.json`), else the file beside `predictions`; `(None, None)` if there is none."
+    if export is not None:
+        p = Path(export); p = p/'export_info.json' if p.is_dir() else p
+        check_arg(p.is_file(), 'export', str(export), "an export folder holding export_info.json (or that file)")
+    elif isinstance(predictions, (str, Path)) and (Path(predictions).parent/'export_info.json').is_file(): p = Path(predictions).parent/'export_info.json'
+    else: return None, None
+    try: info = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError): raise InterpgenError(f"{p} is not an export's info file (not JSON)") from None
+    check_arg(isinstance(info, dict) and 'formatter' in info and 'task' in info, 'export', str(p), "an export_info.json written by export_examples")
+    return info, p
+
+def answers_format(a:Answers, # the answers (`read_answers`)
+                   info:dict|None=None, info_path=None, # the export's info file, if known (`find_export_info`)
+                   **flags # `number_format=`, `precision=` as a user gave them (None: not given)
+                  ) -> tuple: # `(NumberFormat settings dict, where they came from)`
+    "The number format to read the answers with: their metadata's, else the export's, else the flags', else the default; a disagreement is an error."
+    stated = {json.dumps({k: f.get(k) for k in NUMBER_KEYS}, sort_keys=True) for f in a.formats.values()}
+    check_arg(len(stated) <= 1, 'predictions', a.source, f'answers whose metadata state one number format (they state {len(stated)}: {sorted(stated)})')
+    got, src = (json.loads(stated.pop()), "the answers' metadata") if stated else (None, None)
+    if info is not None:
+        fi = {k: info['formatter'].get(k) for k in NUMBER_KEYS}
+        if got is not None and fi != got: raise InterpgenError(
+            f"the answers' metadata say {got}, the export's info file {info_path} says {fi}: these answers are not from that export")
+        if got is None: got, src = fi, f"the export's {info_path}"
+    given = {k: v for k, v in flags.items() if k in NUMBER_KEYS and v is not None}
+    for k, v in given.items():
+        if got is not None and got[k] != v: raise InterpgenError(
+            f"--{k} {v} conflicts with {src}, which says {k}={got[k]!r}: drop the flag (the number format travels with the answers)")
+    if got is None:
+        d = TrainingDataFormatter()
+        got = {k: given.get(k, getattr(d, k)) for k in NUMBER_KEYS}
+        src = 'the flags' if given else "the default (no answer's metadata, export info file or flag states one)"
+    return got, src
+
+# %% ../nbs/05_formatter.ipynb #f765f67f
+FLOORS = {'modification': ('reference', 'copy degraded', 'all positive', 'random weights'),
+          'classification': ('empty answer', 'every pattern', 'most frequent set')}
+
+def all_positive(arch:SubjectArch, flat) -> np.ndarray:
+    "`flat` with its output layer replaced by zero weights and a bias of 1: a model that calls every sequence positive."
+    st = unflatten_state(torch.as_tensor(np.asarray(flat, np.float32)), arch); last = len(arch.hidden)
+    st[f'layers.{last}.weight'] = torch.zeros_like(st[f'layers.{last}.weight']); st[f'layers.{last}.bias'] = torch.ones(1)
+    return flatten_state(st, arch).numpy()
+
+class AnswerScorer:
+    "Scores one answer at a time against a zoo, as a reward inside a training loop would: each record's evaluation set and baselines are built once and kept."
+    def __init__(self, zoo, # a zoo path or an open `Zoo`
+                 number_format:str='scaled', precision:int=3, # the number format of the answers (`answers_format`)
+                 cache:int=4096): # records whose evaluation sets are kept
+        self.zoo = zoo if isinstance(zoo, Zoo) else open_zoo(zoo)
+        self.numbers = NumberFormat(number_format, precision); self.f = TrainingDataFormatter(number_format=number_format, precision=precision)
+        self.cfg, self.cands, self.cache, self._ctx = load_config(self.zoo.config), zoo_candidates(self.zoo), cache, {}
+        self._sd = None
+    def __repr__(self): return f"AnswerScorer({self.zoo.path}, {self.numbers.describe()})"
+
+@patch
+def record(self:AnswerScorer, i:int) -> dict:
+    "Record `i`, its evaluation set and the behaviour of its degraded model as the prompt wrote it (built once, then kept)."
+    if i in self._ctx: return self._ctx[i]
+    if len(self._ctx) >= self.cache: self._ctx.pop(next(iter(self._ctx)))
+    rec = self.zoo[i]; ctx = dict(rec=rec)
+    if rec.meta.get('target') is not None and 'modified' in rec.params:
+        if self._sd is None: self._sd = self.zoo.signature_dataset
+        ctx['ev'] = evaluation_set(self.cfg, rec, self._sd)          # fresh data no model of the record saw, as the filter used
+        ctx['base'] = behaviour(rec.arch, [self.numbers.grid(rec.params['subject'])], ctx['ev'])[0]
+        ref = self.judge(i, self.numbers.grid(rec.params['modified']), ctx)
+        ctx['reference_gain'] = ref['gain']
+    self._ctx[i] = ctx
+    return ctx
+
+@patch
+def judge(self:AnswerScorer, i:int, flat, ctx=None) -> dict:
+    "Weights `flat` as an answer to record `i`'s modification prompt: `repair_check` against the degraded model on the evaluation set."
+    ctx = ctx or self.record(i); rec = ctx['rec']; t = rec.meta['target']; c = self.cfg.corruption
+    v = repair_check(ctx['base'], behaviour(rec.arch, [flat], ctx['ev'])[0], t, c)
+    kept = (all(abs(x) <= c.max_other_degradation + 1e-12 for x in v['other_change'].values())      # the rest as before
+            and (c.max_negative_degradation is None or abs(v['negative_change']) <= c.max_negative_degradation + 1e-12))
+    ref = ctx.get('reference_gain')
+    share = 0.0 if not kept or v['target_gain'] <= 0 else 1.0 if not ref or ref <= 0 else min(1.0, v['target_gain'] / ref)
+    return dict(index=i, target=t, parsed=True, error=None, repaired=v['ok'], reason=v['reason'], gain=v['target_gain'], gain_ci=v['target_gain_ci'],
+                reference_gain=ref, recovered=share, kept_rest=bool(kept), other_change=v['other_change'],
+                worst_other_change=v['worst_other_change'], negative_change=v['negative_change'])
+
+@patch
+def parse(self:AnswerScorer, rec:ZooRecord, text:str) -> np.ndarray:
+    "An answer's weights, finite, or an `InterpgenError` saying why not."
+    flat = self.f.parse_weights(text, rec.arch)
+    if not np.isfinite(flat).all(): raise InterpgenError(f"{int((~np.isfinite(flat)).sum())} of its weights are not finite numbers")
+    return flat
+
+@patch
+def modification(self:AnswerScorer, i:int, text:str|None) -> dict:
+    "The verdict on `text` as the answer to record `i`'s modification prompt (None: no answer)."
+    rec = self.record(i)['rec']
+    check_arg('ev' in self.record(i), 'predictions', f'index {i}', 'indices of modification records (this one has no target)')
+    fail = lambda why: dict(index=i, target=rec.meta['target'], parsed=False, error=why, repaired=False, reason='no_answer' if text is None else 'unparseable',
+                            gain=None, reference_gain=self.record(i)['reference_gain'], recovered=0.0, kept_rest=False)
+    if text is None: return fail('no answer')
+    try: return self.judge(i, self.parse(rec, text))
+    except InterpgenError as e: return fail(str(e))
+
+@patch
+def classification(self:AnswerScorer, i:int, text:str|None) -> dict:
+    "The patterns `text` names for record `i`, against its labelled (behavioural) patterns (None: no answer, the empty set)."
+    truth = set(self.record(i)['rec'].meta['patterns'])
+    try: got, err = (set(parse_patterns(text, self.cands)), None) if text is not None else (set(), 'no answer')
+    except InterpgenError as e: got, err = set(), str(e)
+    return dict(index=i, parsed=err is None, error=err, answer=[p for p in self.cands if p in got], truth=[p for p in self.cands if p in truth],
+                exact=got == truth, jaccard=len(got & truth) / len(got | truth) if got | truth else 1.0)
+
+@patch
+def __call__(self:AnswerScorer, record, # a `ZooRecord` of this zoo, or its index
+             task:str, text:str|None) -> dict:
+    "Score one answer: `modification` (`repaired`, `recovered` in [0, 1], the gain and the changes) or `classification` (`exact`, `jaccard`)."
+    check_arg(task in TASKS, 'task', task, f'one of {TASKS}')
+    i = record.index if isinstance(record, ZooRecord) else record
+    check_arg(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < len(self.zoo), 'record', _short(i), f'a record of this zoo (0..{len(self.zoo) - 1})')
+    return getattr(self, task)(int(i), text)
+
+_SCORERS: dict = {}
+
+def score_answer(record, # a `ZooRecord` of `zoo`, or its index
+                 task:str, # `modification` or `classification`
+                 text:str, # the answer
+                 zoo, # the zoo (a path or `Zoo`)
+                 number_format:str='scaled', precision:int=3) -> dict:
+    "One answer's score, for a reward inside a training loop; an `AnswerScorer` per zoo and number format is kept between calls."
+    key = (str(zoo.path if isinstance(zoo, Zoo) else Path(zoo).resolve()), number_format, precision)
+    if key not in _SCORERS: _SCORERS[key] = AnswerScorer(zoo, number_format, precision)
+    return _SCORERS[key](record, task, text)
+
+# %% ../nbs/05_formatter.ipynb #7096b7c3
+def _mean(xs): xs = [x for x in xs if x is not None]; return float(np.mean(xs)) if xs else None
+
+def summarise(task:str, rows:list) -> dict:
+    "The scores of one answer per record asked (`AnswerScorer` rows, a missing answer already scored as one)."
+    n = len(rows)
+    if task == 'modification':
+        ok = [r for r in rows if r['parsed']]
+        return dict(repaired_rate=sum(r['repaired'] for r in rows) / max(1, n), recovered=sum(r['recovered'] for r in rows) / max(1, n),
+                    mean_gain=_mean(r['gain'] for r in ok), kept_rest_rate=sum(r['kept_rest'] for r in rows) / max(1, n),
+                    mean_worst_other_change=_mean(r['worst_other_change'] for r in ok))
     per = {}
-    for p in cands:
-        pr = tp[p] / (tp[p] + fp[p]) if tp[p] + fp[p] else None
-        rc = tp[p] / (tp[p] + fn[p]) if tp[p] + fn[p] else None
-        per[p] = dict(precision=pr, recall=rc, f1=(2 * pr * rc / (pr + rc) if pr and rc else 0.0 if pr is not None and rc is not None else None),
-                      support=tp[p] + fn[p])
-    n = max(1, len(rows))
-    return dict(task='classification', n=len(rows), parse_rate=sum(r['parsed'] for r in rows) / n,
-                exact_match=sum(r['exact'] for r in rows) / n, jaccard=sum(r['jaccard'] for r in rows) / n, per_pattern=per, records=rows)
+    for p in sorted({p for r in rows for p in r['truth'] + r['answer']}):
+        tp = sum(p in r['answer'] and p in r['truth'] for r in rows); fp = sum(p in r['answer'] and p not in r['truth'] for r in rows)
+        fn = sum(p not in r['answer'] and p in r['truth'] for r in rows)
+        per[p] = dict(precision=tp / (tp + fp) if tp + fp else None, recall=tp / (tp + fn) if tp + fn else None,
+                      f1=2 * tp / (2 * tp + fp + fn), support=tp + fn)
+    return dict(exact_match=sum(r['exact'] for r in rows) / max(1, n), jaccard=sum(r['jaccard'] for r in rows) / max(1, n),
+                macro_f1=_mean(v['f1'] for v in per.values() if v['support']), per_pattern=per)
 
-# %% ../nbs/05_formatter.ipynb #6b140399
-def score_modification(zoo:Zoo, preds:dict, formatter:TrainingDataFormatter|None=None, # the settings the prompts were made with
-                       progress:bool=False) -> dict:
-    "Per answer: does it parse, and is it a repair of the prompt's subject model (`repair_check` on the record's evaluation set)?"
-    f = formatter or TrainingDataFormatter()
-    cfg, sd = load_config(zoo.config), zoo.signature_dataset
-    rows = []
-    for i, text in tqdm(sorted(preds.items()), desc='score', disable=not progress):
-        rec = zoo[i]; t = rec.meta.get('target')
-        check_arg(t is not None and 'modified' in rec.params, 'predictions', f'index {i}', 'indices of modification records')
-        ev = evaluation_set(cfg, rec, sd)                            # fresh data no model of the record saw, as the filter used
-        base, ref = behaviour(rec.arch, [f.numbers.grid(rec.params['subject']), f.numbers.grid(rec.params['modified'])], ev)
-        row = dict(index=i, target=t, parsed=False, error=None, reference_gain=repair_check(base, ref, t, cfg.corruption)['target_gain'])
-        try: flat = f.parse_weights(text, rec.arch)
-        except InterpgenError as e: row['error'] = str(e); rows.append(row); continue
-        got = behaviour(rec.arch, [flat], ev)[0]; v = repair_check(base, got, t, cfg.corruption)
-        row.update(parsed=True, gain=v['target_gain'], other_change=v['other_change'], worst_other_change=v['worst_other_change'],
-                   negative_change=v['negative_change'], acc=got['acc'], repaired=v['ok'], reason=v['reason'])
-        rows.append(row)
-    ok = [r for r in rows if r['parsed']]
-    mean = lambda k, rs: float(np.mean([r[k] for r in rs])) if rs else None
-    rg = mean('reference_gain', ok)
-    c = cfg.corruption
-    return dict(task='modification', n=len(rows), parse_rate=len(ok) / max(1, len(rows)), mean_gain=mean('gain', ok),
-                mean_reference_gain=mean('reference_gain', rows), recovered=(mean('gain', ok) / rg if ok and rg else None),
-                mean_worst_other_change=mean('worst_other_change', ok), repaired_rate=sum(r.get('repaired', False) for r in rows) / max(1, len(rows)),
-                min_degradation_threshold=c.min_degradation_threshold, max_other_degradation=c.max_other_degradation,
-                max_negative_degradation=c.max_negative_degradation, records=rows)
+@patch
+def floors(self:AnswerScorer, task:str, asked:list) -> dict:
+    "The scores of the floor answers on the records `asked` (`FLOORS`): what an answer must beat to mean anything."
+    out = {}
+    if task == 'modification':
+        def weights(name, rec):
+            if name == 'reference': return self.numbers.grid(rec.params['modified'])
+            if name == 'copy degraded': return self.numbers.grid(rec.params['subject'])
+            if name == 'all positive': return all_positive(rec.arch, self.numbers.grid(rec.params['subject']))
+            return self.numbers.grid(init_params(rec.arch, seed=rec.index, scheme='he').numpy())
+        for name in FLOORS[task]:
+            out[name] = summarise(task, [self.judge(i, weights(name, self.record(i)['rec'])) for i in asked])
+        return out
+    truths = Counter(', '.join(self.record(i)['rec'].meta['patterns']) for i in asked)
+    common = truths.most_common(1)[0][0] if truths else ''
+    texts = {'empty answer': '', 'every pattern': ', '.join(self.cands), 'most frequent set': common}
+    return {name: summarise(task, [self.classification(i, texts[name]) for i in asked]) for name in FLOORS[task]}
 
-# %% ../nbs/05_formatter.ipynb #e655e7b0
+# %% ../nbs/05_formatter.ipynb #5b95a518
+def asked_records(zoo:Zoo, a:Answers, info:dict|None=None, split:str|None=None, asked=None) -> tuple:
+    "`(indices, description)` of the records asked: `asked`, else a split of the export (`split`, or the one every answer's metadata names), else every record."
+    if asked is not None: return sorted({int(i) for i in asked}), f'the {len(set(asked))} records given'
+    if split is None and info is not None and len(set(a.splits.values())) == 1 and len(a.splits) == len(a.texts): split = next(iter(a.splits.values()))
+    if split is None: return list(range(len(zoo))), 'every record of the zoo'
+    check_arg(split in SPLITS, 'split', split, f'one of {SPLITS}')
+    check_arg(info is not None and 'indices' in info, 'split', split, "a split of an export: pass its folder as --export (its export_info.json lists each split's records)")
+    return list(info['indices'][split]), f'the {split} split of the export'
+
 def evaluate_predictions(store, # a zoo path or an open `Zoo`
                          task:str, # `classification` or `modification`
-                         predictions, # a JSON-lines file, or a dict index -> answer text
-                         formatter:TrainingDataFormatter|None=None, # the text settings the prompts used (modification)
+                         predictions, # a JSON-lines file, or a dict record index -> answer text
+                         number_format:str|None=None, precision:int|None=None, # the answers' number format, if they do not state it
+                         export=None, # the export the answers came from (its folder); default: an `export_info.json` beside the answers
+                         split:str|None=None, # the split of that export that was asked (default: the one every answer names)
+                         asked=None, # the record indices asked (instead of a split)
+                         strict:bool=False, # the first bad line or unparseable answer is an error
+                         floors:bool=True, # also score the floor answers (`FLOORS`) on the same records
                          progress:bool=False) -> dict:
-    "Score an interpreter's answers against a zoo (see `score_classification`, `score_modification`)."
+    "Score an interpreter's answers to the records asked; every record asked counts, and floors are scored beside them."
     check_arg(task in TASKS, 'task', task, f'one of {TASKS}')
     zoo = store if isinstance(store, Zoo) else open_zoo(store)
-    preds = predictions if isinstance(predictions, dict) else load_predictions(predictions)
-    bad = [i for i in preds if not (isinstance(i, int) and 0 <= i < len(zoo))]
-    check_arg(not bad, 'predictions', f'indices {bad[:5]}', f'record indices of this zoo (0..{len(zoo) - 1})')
-    if task == 'classification': return score_classification(zoo, preds)
-    return score_modification(zoo, preds, formatter, progress)
+    a = read_answers(predictions, len(zoo))
+    info, info_path = find_export_info(predictions, export)
+    if info is not None:
+        check_arg(info.get('config_hash') == zoo.attrs['config_hash'], 'export', str(info_path), f'an export of this zoo (it is of config {str(info.get("config_hash"))[:12]}...)')
+        check_arg(info['task'] == task, 'task', task, f"{info['task']!r}: the export at {info_path} holds {info['task']} examples")
+    nf, src = answers_format(a, info, info_path, number_format=number_format, precision=precision)
+    idx, asked_from = asked_records(zoo, a, info, split, asked)
+    check_arg(all(0 <= i < len(zoo) for i in idx), 'asked', idx[:5], f'record indices of this zoo (0..{len(zoo) - 1})')
+    where = a.source or 'predictions'
+    if strict and a.problems: raise InterpgenError(f"{where}, line {a.problems[0][0]}: {a.problems[0][1]} (strict)")
+    sc = AnswerScorer(zoo, **nf)
+    rows = []
+    for i in tqdm(idx, desc='score', disable=not progress):
+        r = sc(i, task, a.texts.get(i))
+        if strict and i in a.texts and not r['parsed']: raise InterpgenError(f"{where}, line {a.lines[i]}: record {i}: {r['error']} (strict)")
+        rows.append(dict(r, line=a.lines.get(i)))
+    not_asked = sorted(set(a.texts) - set(idx))
+    out = dict(task=task, asked=len(idx), asked_from=asked_from, answered=sum(i in a.texts for i in idx), missing=sum(i not in a.texts for i in idx),
+               unparseable=sum(i in a.texts and not r['parsed'] for i, r in zip(idx, rows)), bad_lines=len(a.problems),
+               not_asked=len(not_asked), number_format=nf, number_format_from=src, **summarise(task, rows))
+    out['floors'] = sc.floors(task, idx) if floors else {}
+    out['problems'] = [dict(line=n, reason=why) for n, why in a.problems]
+    out['records'] = rows
+    return out
 
 # %% ../nbs/05_formatter.ipynb #72dea19a
 def bench_formatter(store, # a zoo path or an open `Zoo` (with modification records)

@@ -140,43 +140,129 @@ def test_holdout_patterns_and_budget(zoo_path, zoo, tmp_path):
     assert f"{sum(t > budget for t in totals)} over the budget of {budget} tokens dropped" in r.stdout
 
 
-def test_evaluate_reference_perfect_echo_zero(zoo_path, zoo, tmp_path):
-    cli('interpgen_export', zoo_path, '--out', tmp_path / 'm', '--quiet')
-    cli('interpgen_export', zoo_path, '--out', tmp_path / 'c', '--task', 'classification', '--quiet')
-    allm = tmp_path / 'all_m.jsonl'
-    allm.write_text(''.join((tmp_path / 'm' / f'{s}.jsonl').read_text() for s in SPLITS))
-    cli('interpgen_evaluate', zoo_path, '--predictions', allm, '--json_out', tmp_path / 's.json', '--quiet')
-    s = json.loads((tmp_path / 's.json').read_text())
-    assert s['n'] == 24 and s['parse_rate'] == 1.0 and s['recovered'] == 1.0
-    assert all(r['gain'] == r['reference_gain'] for r in s['records'])
+def _answers(path, answers:dict):
+    "Write `index -> text` as an answers file (no metadata: an interpreter's own output)."
+    Path(path).write_text(''.join(json.dumps(dict(index=i, completion=t)) + '\n' for i, t in answers.items()))
+    return path
+
+
+def _scores(zoo_path, tmp_path, *args, name='s'):
+    cli('interpgen_evaluate', zoo_path, *args, '--json_out', tmp_path / f'{name}.json', '--quiet')
+    return json.loads((tmp_path / f'{name}.json').read_text())
+
+
+def _with_bias(rec, b):
+    "The degraded weights with the output bias set to `b` (own code: the flat layout ends with the output bias)."
+    flat = rec.params['subject'].clone().numpy(); flat[-1] = b
+    return flat
+
+
+@pytest.fixture(scope='module')
+def exports(zoo_path, tmp_path_factory):
+    d = tmp_path_factory.mktemp('exports')
+    cli('interpgen_export', zoo_path, '--out', d / 'm', '--quiet')
+    cli('interpgen_export', zoo_path, '--out', d / 'c', '--task', 'classification', '--quiet')
+    cli('interpgen_export', zoo_path, '--out', d / 'p2', '--precision', '2', '--quiet')
+    return d
+
+
+def test_reference_answers_score_perfectly_on_their_split(zoo_path, exports, tmp_path):
+    "An exported split is its own answers file: the records asked are that split's, all repaired; echoing the prompt gains exactly 0."
+    info = json.loads((exports / 'm' / 'export_info.json').read_text())
+    s = _scores(zoo_path, tmp_path, '--predictions', exports / 'm' / 'train.jsonl')
+    assert (s['asked'], s['asked_from'], s['missing'], s['unparseable']) == (info['counts']['train'], 'the train split of the export', 0, 0)
+    assert s['repaired_rate'] == 1.0 and s['recovered'] == 1.0 and all(r['gain'] == r['reference_gain'] for r in s['records'])
+    zoo, f = open_zoo(zoo_path), TrainingDataFormatter()
+    echo = _answers(tmp_path / 'echo.jsonl', {r.index: f.weights_block(r.arch, r.params['subject']) for r in zoo})
+    e = _scores(zoo_path, tmp_path, '--predictions', echo, name='e')
+    assert e['asked_from'] == 'every record of the zoo' and {r['gain'] for r in e['records']} == {0.0}
+    assert e['repaired_rate'] == 0.0 and e['recovered'] == 0.0
+    c = _scores(zoo_path, tmp_path, '--task', 'classification', '--predictions', exports / 'c' / 'train.jsonl', name='c')
+    assert c['exact_match'] == 1.0 and c['jaccard'] == 1.0 and c['macro_f1'] == 1.0
+
+
+def test_floors_lose_to_the_reference_by_a_margin(zoo_path, zoo):
+    "On a real small zoo: the reference beats copying the degraded model, everything positive and random weights, by wide margins."
     f = TrainingDataFormatter()
-    echo = tmp_path / 'echo.jsonl'
-    echo.write_text(''.join(json.dumps(dict(index=r.index, completion=f.weights_block(r.arch, r.params['subject']))) + '\n' for r in zoo))
-    cli('interpgen_evaluate', zoo_path, '--predictions', echo, '--json_out', tmp_path / 'e.json', '--quiet')
-    e = json.loads((tmp_path / 'e.json').read_text())
-    assert e['parse_rate'] == 1.0 and {r['gain'] for r in e['records']} == {0.0} and e['repaired_rate'] == 0.0
-    allc = tmp_path / 'all_c.jsonl'
-    allc.write_text(''.join((tmp_path / 'c' / f'{s}.jsonl').read_text() for s in SPLITS))
-    out = cli('interpgen_evaluate', zoo_path, '--task', 'classification', '--predictions', allc).stdout
-    assert 'exact_match=1.000' in out and 'jaccard=1.000' in out
-    # a wrong classifier: everything named -> recall 1, exact match only where a record has every pattern (none here)
-    wrong = evaluate_predictions(zoo, 'classification', {r.index: ', '.join(zoo_candidates(zoo)) for r in zoo})
-    assert wrong['exact_match'] == 0.0 and all(v['recall'] in (1.0, None) for v in wrong['per_pattern'].values())
+    s = evaluate_predictions(zoo, 'modification', {r.index: f.weights_block(r.arch, r.params['modified']) for r in zoo})
+    fl = s['floors']
+    assert set(fl) == {'reference', 'copy degraded', 'all positive', 'random weights'} and fl['reference']['repaired_rate'] == 1.0
+    for name in ('copy degraded', 'all positive', 'random weights'):
+        assert fl['reference']['repaired_rate'] - fl[name]['repaired_rate'] >= 0.8, (name, fl[name])
+        assert fl['reference']['recovered'] - fl[name]['recovered'] >= 0.8, (name, fl[name])
+    c = evaluate_predictions(zoo, 'classification', {r.index: ', '.join(r.meta['patterns']) for r in zoo})['floors']
+    assert c['empty answer']['exact_match'] == 0.0 and c['empty answer']['macro_f1'] == 0.0
+    assert c['every pattern']['exact_match'] == 0.0 and c['every pattern']['macro_f1'] < 0.7
+    assert c['most frequent set']['exact_match'] < 0.5
 
 
-def test_evaluate_bad_input(zoo_path, tmp_path):
+def test_calling_everything_positive_scores_nothing(zoo_path, zoo, tmp_path):
+    "The degraded weights with the output bias at 99999 (it calls every sequence positive) used to score recovered 1.539."
+    f = TrainingDataFormatter()
+    p = _answers(tmp_path / 'yes.jsonl', {r.index: f.weights_block(r.arch, _with_bias(r, 99999)) for r in zoo})
+    s = _scores(zoo_path, tmp_path, '--predictions', p)
+    assert s['unparseable'] == 0 and s['repaired_rate'] == 0.0 and s['recovered'] == 0.0 and s['kept_rest_rate'] == 0.0
+    assert all(r['negative_change'] < -0.5 for r in s['records'])
+
+
+def test_number_format_travels_with_the_answers(zoo_path, exports, tmp_path):
+    "An export at precision 2 scored with no flags is read at precision 2 (it used to read 10x too small); a contradicting flag is an error."
+    s = _scores(zoo_path, tmp_path, '--predictions', exports / 'p2' / 'train.jsonl')
+    assert s['number_format'] == {'number_format': 'scaled', 'precision': 2} and s['number_format_from'] == "the answers' metadata"
+    assert s['recovered'] > 0.9 and s['unparseable'] == 0
+    r = cli('interpgen_evaluate', zoo_path, '--predictions', exports / 'p2' / 'train.jsonl', '--precision', '3', check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and '--precision 3 conflicts' in r.stderr
+    # without metadata, the export's info file beside the answers states it
+    rows = [json.loads(x) for x in (exports / 'p2' / 'train.jsonl').read_text().splitlines()]
+    bare = _answers(exports / 'p2' / 'bare.jsonl', {json.loads(x['metadata'])['index']: x['completion'] for x in rows})
+    s = _scores(zoo_path, tmp_path, '--predictions', bare, '--split', 'train', name='b')
+    assert s['number_format']['precision'] == 2 and 'export_info.json' in s['number_format_from'] and s['recovered'] > 0.9
+
+
+def test_unparseable_and_missing_answers_count(zoo_path, zoo, tmp_path):
+    "One right answer and seven unparseable score 1/8, not 1.000; a 400-digit weight is one unparseable answer, not a crash."
+    f = TrainingDataFormatter()
+    right = {r.index: f.weights_block(r.arch, r.params['modified']) for r in zoo}
+    s = evaluate_predictions(zoo, 'modification', {0: right[0], **{i: 'no idea' for i in range(1, 8)}}, asked=range(8))
+    assert (s['unparseable'], s['repaired_rate'], s['recovered']) == (7, 1 / 8, 1 / 8)
+    s = evaluate_predictions(zoo, 'modification', {0: right[0]}, asked=range(8))
+    assert (s['answered'], s['missing'], s['recovered']) == (1, 7, 1 / 8)
+    lines = right[1].split('\n'); k = next(j for j, l in enumerate(lines) if l.startswith('n0:'))
+    lines[k] = 'n0: ' + '9' * 400 + ' ' + lines[k].split(' ', 2)[2]
+    s = evaluate_predictions(zoo, 'modification', {0: right[0], 1: '\n'.join(lines)}, asked=[0, 1])
+    assert s['unparseable'] == 1 and 'a number of 400 characters' in s['records'][1]['error'] and s['recovered'] == 0.5
+
+
+def test_every_bad_line_is_reported_and_the_run_goes_on(zoo_path, zoo, tmp_path):
+    f = TrainingDataFormatter()
+    right = {r.index: f.weights_block(r.arch, r.params['modified']) for r in zoo}
     bad = tmp_path / 'bad.jsonl'
-    bad.write_text('{"index": 0, "completion": "x"}\nnot json\n')
-    r = cli('interpgen_evaluate', zoo_path, '--predictions', bad, check=False)
-    assert r.returncode == 2 and 'line 2: not JSON' in r.stderr
-    bad.write_text('{"index": 999, "completion": "x"}\n')
-    r = cli('interpgen_evaluate', zoo_path, '--predictions', bad, check=False)
-    assert r.returncode == 2 and 'record indices of this zoo (0..23)' in r.stderr
-    bad.write_text('{"index": 0, "completion": "[layer 0: 49 -> 2]\\nn0: 1 2"}\n')
-    s = evaluate_predictions(zoo_path, 'modification', bad)
-    assert s['parse_rate'] == 0.0 and 'line 1: expected the header' in s['records'][0]['error']
+    bad.write_text('\n'.join([json.dumps(dict(index=0, completion=right[0])), 'not json', '[1, 2]', '3',
+                              json.dumps({'index': True, 'completion': right[1]}), json.dumps(dict(index=999, completion='x')),
+                              json.dumps(dict(index=0, completion='a second answer'))]) + '\n')
+    r = cli('interpgen_evaluate', zoo_path, '--predictions', bad, '--json_out', tmp_path / 'b.json', '--quiet')
+    s = json.loads((tmp_path / 'b.json').read_text())
+    assert [p['line'] for p in s['problems']] == [2, 3, 4, 5, 6, 7] and s['bad_lines'] == 6
+    assert 'line 5: "index" is True' in r.stdout and 'line 7: a second answer for record 0' in r.stdout
+    assert s['answered'] == 1 and s['records'][0]['repaired'] and not s['records'][1]['parsed']   # `true` is not record 1
+    r = cli('interpgen_evaluate', zoo_path, '--predictions', bad, '--strict', check=False)
+    assert r.returncode == 2 and 'line 2: not JSON' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli('interpgen_evaluate', zoo_path, '--predictions', bad, '--json_out', bad, check=False)
+    assert r.returncode == 2 and 'it would replace the answers' in r.stderr and bad.read_text().startswith('{"index": 0')
     r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'x', '--format', 'csv', check=False)
     assert r.returncode == 2 and "format='csv' is not allowed" in r.stderr and not (tmp_path / 'x').exists()
+
+
+def test_score_answer_is_the_evaluation(zoo_path, zoo):
+    "The reward function gives, answer by answer, what `evaluate_predictions` gives; an index outside the zoo is an error."
+    from interpgen.formatter import score_answer
+    f = TrainingDataFormatter()
+    texts = {r.index: f.weights_block(r.arch, (r.params['subject'] + r.params['modified']) / 2) for r in zoo}
+    s = evaluate_predictions(zoo, 'modification', texts, floors=False)
+    for rec in zoo:
+        one = score_answer(rec, 'modification', texts[rec.index], zoo_path)
+        assert {k: one[k] for k in ('repaired', 'recovered', 'gain')} == {k: s['records'][rec.index][k] for k in ('repaired', 'recovered', 'gain')}
+    with pytest.raises(InterpgenError, match='a record of this zoo'): score_answer(len(zoo), 'modification', 'x', zoo_path)
 
 
 def test_classification_only_zoo(tmp_path):
