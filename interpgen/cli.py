@@ -12,22 +12,15 @@ from .sampler import *
 from .trainer import bench_trainer, shutdown_pools
 from .extractor import bench_extractor
 from .pipeline import DatasetGenerationPipeline, DEFAULT_CONFIG_YAML, bench_pipeline
-from .store import open_zoo
+from .store import open_zoo, check_output
 from .formatter import (TrainingDataFormatter, NumberFormat, export_examples, evaluate_predictions, DEFAULT_MODEL, bench_formatter,
                                  EXPORT_FORMATS, TASKS)
 
 # %% auto #0
-__all__ = ['WORKLOADS', 'friendly_errors', 'interpgen_sample', 'interpgen_sigset', 'interpgen_generate', 'interpgen_info',
-           'interpgen_bench', 'interpgen_export', 'interpgen_evaluate']
+__all__ = ['WORKLOADS', 'interpgen_sample', 'interpgen_sigset', 'interpgen_generate', 'interpgen_info', 'interpgen_bench',
+           'interpgen_export', 'interpgen_evaluate']
 
 # %% ../nbs/08_cli.ipynb #a499b80d
-@contextmanager
-def friendly_errors(cmd:str): # the command's name, printed before the message
-    "Turn an `InterpgenError` raised inside into a one-line message on stderr and exit status 2."
-    try: yield
-    except InterpgenError as e:
-        print(f"{cmd}: error: {e}", file=sys.stderr); sys.exit(2)
-
 def _names(s:str|None) -> list[str]|None: return None if s is None else [n.strip() for n in s.split(',') if n.strip()]
 
 # %% ../nbs/08_cli.ipynb #f4d6e71e
@@ -42,7 +35,7 @@ def interpgen_sample(patterns:str='palindrome,sorted_ascending', # comma-separat
                      out:str=None): # write the records as JSON here
     "Draw one dataset of labelled sequences and print its summary."
     t0 = time.perf_counter()
-    with friendly_errors('interpgen_sample'):
+    with command_errors('interpgen_sample'):
         sampler = PatternDatasetSampler(vocab_size, seq_len, seed=seed)
         ds = sampler.create_dataset(_names(patterns), samples_per_pattern=n, negative_ratio=negative_ratio, seed=seed)
     s = ds.summary()
@@ -52,6 +45,11 @@ def interpgen_sample(patterns:str='palindrome,sorted_ascending', # comma-separat
     if out: Path(out).write_text(json.dumps(ds.to_records(), indent=1)); print(f"wrote {out}")
 
 # %% ../nbs/08_cli.ipynb #f8db0fc0
+def _is_sigset(p:Path) -> bool:
+    "Is the file at `p` a signature dataset (so that writing one there loses nothing)?"
+    try: load_signature_dataset(p); return True
+    except Exception: return False
+
 @call_parse
 def interpgen_sigset(out:str='signature_dataset.json', # where to write the JSON
                      size:int=200, # number of probe sequences
@@ -59,7 +57,8 @@ def interpgen_sigset(out:str='signature_dataset.json', # where to write the JSON
                      seq_len:int=7, # tokens per sequence
                      seed:int=0): # random seed
     "Write the fixed probe set behind activation signatures, with its content hash."
-    with friendly_errors('interpgen_sigset'):
+    with command_errors('interpgen_sigset'):
+        check_output(out, 'signature dataset', overwrite=True, is_kind=_is_sigset)
         sd = PatternDatasetSampler(vocab_size, seq_len, seed=seed).create_signature_dataset(size=size)
         h = save_signature_dataset(sd, out)
     print(f"wrote {out}: {len(sd)} sequences over {len(sd.pattern_names)} patterns, sha256 {h}")
@@ -79,7 +78,7 @@ def interpgen_generate(config:str=None, # a YAML config file or a preset (`defau
     "Generate a zoo of subject-model records (deterministic, resumable) into a Zarr store."
     if print_config: print(DEFAULT_CONFIG_YAML, end=''); return
     t0 = time.perf_counter()
-    with friendly_errors('interpgen_generate'):
+    with command_errors('interpgen_generate', resumable=True):
         pipe = DatasetGenerationPipeline(config, size=n, seed=seed, max_attempts=max_attempts)
         zoo = pipe.run(out, workers=workers, overwrite=overwrite, progress=not quiet, scheduler=scheduler)
         info = zoo.info()
@@ -102,7 +101,7 @@ def _flat(d:dict, prefix='') -> list:
 def interpgen_info(store:str, # the zoo to describe
                    json_out:bool=False): # print the summary as JSON
     "Print a zoo's summary: size, config hash, pattern and target counts, metric distributions, rejection rate."
-    with friendly_errors('interpgen_info'): info = open_zoo(store).info()
+    with command_errors('interpgen_info'): info = open_zoo(store).info()
     if json_out: print(json.dumps(info, indent=1)); return
     w = max(len(k) for k, _ in _flat(info))
     for k, v in _flat(info): print(f'{k.ljust(w)}  {v}')
@@ -131,7 +130,7 @@ def interpgen_bench(workloads:str='small,reference,signatures', # comma-separate
                     out:str=None): # also write the rows as JSON here
     "Benchmark the batched trainer against a per-model PyTorch loop, signature extraction and zoo generation; print tables."
     wl = _names(workloads); rows = []
-    with friendly_errors('interpgen_bench'):
+    with command_errors('interpgen_bench'):
         for w in wl: check_arg(w in WORKLOADS, 'workloads', w, f'one of {WORKLOADS}')
         train = [w for w in wl if w in ('small', 'reference')]
         if train: rows += bench_trainer(train, n_models=n_models, workers=workers, per_model=per_model, warmup=warmup, repeat=repeat,
@@ -177,7 +176,7 @@ def interpgen_export(store:str, # the zoo to export
                      quiet:bool=False): # no progress bar
     "Export a zoo's prompt/completion examples as a Hugging Face dataset (jsonl, parquet or hf), split by record."
     t0 = time.perf_counter()
-    with friendly_errors('interpgen_export'):
+    with command_errors('interpgen_export'):
         check_arg(out is not None, 'out', out, 'a folder to write, e.g. --out prompts')
         info = export_examples(store, task, out, format, _formatter(style, number_format, precision, signature_precision, signature_columns, compact),
                                _shares(shares), split_seed, tuple(_names(holdout_patterns) or ()), max_tokens,
@@ -189,6 +188,11 @@ def interpgen_export(store:str, # the zoo to export
     if rows: print(_table([{k: (f'{v:,.0f}' if isinstance(v, float) else v) for k, v in r.items()} for r in rows]))
 
 # %% ../nbs/08_cli.ipynb #7a79aaa0
+def _is_scores(p:Path) -> bool:
+    "Is the file at `p` a scores file `interpgen_evaluate --json_out` wrote?"
+    try: d = json.loads(Path(p).read_text()); return isinstance(d, dict) and {'task', 'records'} <= set(d)
+    except Exception: return False
+
 @call_parse
 def interpgen_evaluate(store:str, # the zoo the prompts came from
                        predictions:str=None, # JSON lines: `index` (or `metadata`) and `completion` (or `prediction`)
@@ -201,10 +205,11 @@ def interpgen_evaluate(store:str, # the zoo the prompts came from
                        json_out:str=None, # write the full scores (every record) as JSON here
                        quiet:bool=False): # no progress bar
     "Score an interpreter's answers beside the floors: classification (exact set, Jaccard, per-pattern F1) or modification (repaired, recovered)."
-    with friendly_errors('interpgen_evaluate'):
+    with command_errors('interpgen_evaluate'):
         check_arg(predictions is not None, 'predictions', predictions, 'a JSON-lines file of answers, e.g. --predictions answers.jsonl')
         check_arg(json_out is None or Path(json_out).resolve() != Path(predictions).resolve(), 'json_out', json_out,
                   'another file than --predictions (it would replace the answers)')
+        if json_out: check_output(json_out, 'scores file', inputs=[store, predictions, export], overwrite=True, is_kind=_is_scores, key='json_out')
         s = evaluate_predictions(store, task, predictions, number_format, precision, export, split, strict=strict, progress=not quiet)
     if json_out: Path(json_out).write_text(json.dumps(s, indent=1))
     nf = NumberFormat(s['number_format']['number_format'], s['number_format']['precision'])

@@ -25,6 +25,8 @@ from tqdm import tqdm
 from fastcore.basics import patch
 from fastcore.script import call_parse, anno_parser
 from .formatter import DEFAULT_MODEL, BUILTIN_GGUF, cache_dir, builtin_gguf
+from .store import check_output
+from .sampler import InterpgenError, command_errors
 
 # %% ../nbs/06_concepts.ipynb #4e51530d
 DEFAULT_TEMPLATES = ("What is the capital of {concept}?",
@@ -728,9 +730,16 @@ def _open_existing(out:Path, key:str, overwrite:bool):
     except Exception: info = None
     if info is not None and info.get('collection_sha256') == key: return g
     if out.exists():
-        if not overwrite: raise ValueError(f"out={str(out)!r} is not allowed: it holds " + ("a different collection" if info else "something that is not an interpgen concept store") + "; choose a new path or overwrite it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if info is None: raise ValueError(f"out={str(out)!r} is not allowed: it holds something that is not an interpgen concept store; "
+                                          f"choose a new path (nothing was touched)")
+        if not overwrite: raise ValueError(f"out={str(out)!r} is not allowed: it holds a different collection; choose a new path or pass --overwrite")
+        shutil.rmtree(out)
     return None
+
+def _is_concept_store(p) -> bool:
+    "Is `p` a concept store interpgen wrote?"
+    try: return 'interpgen' in zarr.open_group(str(p), mode='r', zarr_format=3).attrs
+    except Exception: return False
 
 def _replan(g, lm, cfg):
     "The plan of the stored collection, recomputed from its concepts, and checked against its row table."
@@ -911,9 +920,11 @@ def interpgen_concepts(
 ):
     "Build a concept activation dataset with a causal LM, or `--check` one."
     if check:
+        if not Path(check).exists(): raise ValueError(f"check={check!r} is not allowed: there is nothing at that path (a concept store to check)")
         report = check_store(check); print(report)
         return 0 if report.ok else 1
     if not concept: raise ValueError(f"concept={concept!r} is not allowed: give the target concept, e.g. --concept France")
+    if threads is not None and not (isinstance(threads, int) and threads >= 1): raise ValueError(f"threads={threads!r} is not allowed: an integer >= 1")
     if threads: torch.set_num_threads(threads)
     cfg = ConceptConfig(concept, controls=_items(concepts), templates=tuple(_items(templates, '|') or DEFAULT_TEMPLATES), sites=_items(sites),
                         roles=_items(roles), batch_size=batch_size, n_concepts=n_concepts, category=category, seed=seed, dtype=dtype,
@@ -921,6 +932,7 @@ def interpgen_concepts(
     try: cfg.validate()
     except ValueError as e: raise ValueError(re.sub(r'^controls=', '--concepts: controls=', str(e))) from None
     cfg.layers = parse_layers(layers, model_n_layers(model))
+    check_output(out, 'concept store', overwrite=True, is_kind=_is_concept_store)   # before the model loads: nothing there is touched
     lm = load_lm(model)
     path = collect_concepts(lm, cfg, out, progress=not quiet, overwrite=overwrite)
     report = check_store(path); print(report)
@@ -939,9 +951,13 @@ def run_cli(func, # a `call_parse` function
     p = anno_parser(f, prog=f.__name__)
     args = vars(p.parse_args(_undash(sys.argv[1:] if argv is None else argv)))
     args.pop('pdb', None); args.pop('xtra', None)
-    try: return f(**args)
-    except ValueError as e:
-        print(f"{f.__name__}: error: {e}", file=sys.stderr); return 2
+    try:
+        with command_errors(f.__name__, resumable=f.__name__ == 'interpgen_concepts'):   # the error path every console script shares
+            try: return f(**args)
+            except ValueError as e:                                # this chapter's bad-input errors are ValueErrors
+                if isinstance(e, InterpgenError): raise
+                raise InterpgenError(str(e)) from None
+    except SystemExit as e: return e.code
 
 def interpgen_concepts_main():
     "Console entry point of `interpgen_concepts`."

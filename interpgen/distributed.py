@@ -8,7 +8,7 @@ import ctypes, os, sys, tempfile, time, uuid
 from pathlib import Path
 from .sampler import InterpgenError, check_arg
 from .trainer import worker_pool, shutdown_pools
-from .pipeline import DatasetGenerationPipeline, _shard_task
+from .pipeline import DatasetGenerationPipeline, _shard_task, check_scheduler
 
 # %% auto #0
 __all__ = ['DASK_CONFIG', 'BENCH_WAYS', 'connect', 'tune_malloc', 'local_cluster', 'dask_shards', 'bench_distributed']
@@ -20,14 +20,13 @@ def connect(scheduler, # a scheduler address, a scheduler file (`.json`) or a `d
     "A `distributed.Client` for `scheduler`."
     from distributed import Client
     if isinstance(scheduler, Client): return scheduler, False
-    check_arg(isinstance(scheduler, str) and scheduler.strip() != '', 'scheduler', scheduler,
-              'a Dask scheduler address such as tcp://host:8786, a scheduler file, or a distributed.Client')
+    check_scheduler(scheduler)
     if scheduler.endswith('.json'):
         check_arg(Path(scheduler).is_file(), 'scheduler', scheduler, 'a scheduler file that exists (written by dask scheduler --scheduler-file)')
         kw = dict(scheduler_file=scheduler)
     else: kw = dict(address=scheduler)
     try: return Client(**kw, timeout=timeout), True
-    except (OSError, TimeoutError) as e: raise InterpgenError(
+    except (OSError, TimeoutError, ValueError) as e: raise InterpgenError(
         f"scheduler={scheduler!r} is not allowed: no Dask scheduler answered there within {timeout:.0f} s ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/04a_distributed.ipynb #5ee1c206

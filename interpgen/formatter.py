@@ -15,14 +15,14 @@ from tqdm.auto import tqdm
 from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
 from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state, init_params
 from .extractor import ActivationSignature
-from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, _quantiles
+from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, check_output, replace_path, _quantiles
 from .pipeline import TASKS, load_config, evaluation_set, repair_check
 
 # %% auto #0
 __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
            'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter',
            'layer_arrays', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf', 'load_tokenizer',
-           'count_tokens', 'reference_layout_text', 'record_split', 'zoo_candidates', 'iter_examples',
+           'count_tokens', 'reference_layout_text', 'record_split', 'zoo_candidates', 'iter_examples', 'is_export',
            'export_examples', 'Answers', 'read_answers', 'find_export_info', 'answers_format', 'all_positive',
            'AnswerScorer', 'score_answer', 'summarise', 'asked_records', 'evaluate_predictions', 'bench_formatter']
 
@@ -415,6 +415,11 @@ def _write_split(rows:list, path:Path, fmt:str):
         pq.write_table(pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in COLUMNS}), path)
 
 # %% ../nbs/05_formatter.ipynb #2939b4e9
+def is_export(path) -> bool:
+    "Is `path` a folder `export_examples` wrote: its info file, and nothing but what an export writes?"
+    p, names = Path(path), {f'{s}.{e}' for s in SPLITS for e in ('jsonl', 'parquet')} | set(SPLITS) | {'export_info.json', 'dataset_dict.json'}
+    return p.is_dir() and (p/'export_info.json').is_file() and all(c.name in names for c in p.iterdir())
+
 def export_examples(store, # a zoo path or an open `Zoo`
                     task:str, # `classification` or `modification`
                     out, # folder to create (jsonl/parquet: one file per split; hf: a saved `DatasetDict`)
@@ -435,8 +440,7 @@ def export_examples(store, # a zoo path or an open `Zoo`
     zoo = store if isinstance(store, Zoo) else open_zoo(store)
     unknown = [p for p in holdout_patterns if p not in zoo_candidates(zoo)]
     check_arg(not unknown, 'holdout_patterns', list(holdout_patterns), f'patterns of this zoo: {", ".join(zoo_candidates(zoo))}')
-    out = Path(out)
-    check_arg(overwrite or not out.exists(), 'out', str(out), 'a path that does not exist yet (or pass overwrite=True)')
+    out = check_output(out, 'export', inputs=[zoo.path], overwrite=overwrite, is_kind=is_export)
     check_writable_parent(out)
     f = formatter or TrainingDataFormatter()
     rows, lengths, dropped, indices = {s: [] for s in SPLITS}, dict(prompt=[], completion=[], total=[]), [], {s: [] for s in SPLITS}
@@ -466,8 +470,7 @@ def export_examples(store, # a zoo path or an open `Zoo`
         else:
             for s, rs in rows.items(): _write_split(rs, tmp/f'{s}.{format}', format)
         (tmp/'export_info.json').write_text(json.dumps(info, indent=1))
-        if out.exists(): shutil.rmtree(out)
-        tmp.rename(out)
+        replace_path(tmp, out)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return info

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_pipeline.ipynb #89bf0c75
 from __future__ import annotations
-import json, math, os, shutil, socket, time
+import json, math, os, re, shutil, socket, time
 from contextlib import closing, contextmanager, nullcontext
 from collections import Counter
 from dataclasses import dataclass, asdict, field, fields, replace, is_dataclass
@@ -18,15 +18,16 @@ from .sampler import (InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
 from .trainer import (SubjectArch, TrainJob, TrainConfig, SubjectModelTrainer, split_codes, worker_pool,
                                ACTIVATIONS, ENCODINGS, QUANTIZATIONS, INITS, PeakMemory, behaviour, wilson, difference_interval)
 from .extractor import ActivationSignatureExtractor, parse_methods
-from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_zoo, zoo_state, check_writable_parent,
+from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_zoo, zoo_state, check_writable_parent, check_output,
                              record_hash, signature_dataset_from, Zoo, StoreLocation, RunLock)
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'ModelSection', 'DatasetSection', 'TrainingSection',
-           'CorruptionSection', 'QualitySection', 'ModifiedSection', 'SignatureSection', 'StoreSection',
-           'GenerationConfig', 'config_from_dict', 'load_config', 'Candidate', 'make_candidate', 'corruption_region',
-           'corrupt', 'label_check', 'repair_check', 'quality', 'build_candidate', 'evaluation_set', 'train_and_judge',
-           'attempt_rounds', 'generate_shard', 'DatasetGenerationPipeline', 'bench_learnability', 'bench_pipeline']
+__all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'MAX_YAML_BYTES', 'ModelSection', 'DatasetSection',
+           'TrainingSection', 'CorruptionSection', 'QualitySection', 'ModifiedSection', 'SignatureSection',
+           'StoreSection', 'GenerationConfig', 'config_from_dict', 'read_yaml', 'load_config', 'Candidate',
+           'make_candidate', 'corruption_region', 'corrupt', 'label_check', 'repair_check', 'quality',
+           'build_candidate', 'evaluation_set', 'train_and_judge', 'attempt_rounds', 'generate_shard',
+           'DatasetGenerationPipeline', 'check_scheduler', 'bench_learnability', 'bench_pipeline']
 
 # %% ../nbs/04_pipeline.ipynb #5dda77a4
 DEFAULT_CONFIG_YAML = """\
@@ -99,6 +100,12 @@ def _rng_pair(v, key:str, kind=int, lo=None, hi=None) -> tuple:
               and (lo is None or pair[0] >= lo) and (hi is None or pair[1] <= hi), key, v, what + ' with min <= max')
     return tuple(kind(x) for x in pair)
 
+def _names_list(v, key:str, allowed) -> list:
+    "`v` (a name or a list of names) as a list, checked to hold strings only."
+    names = [v] if isinstance(v, str) else v if isinstance(v, (list, tuple)) else None
+    check_arg(names is not None and all(isinstance(x, str) for x in names), key, v, f'a list of names from {list(allowed)}')
+    return list(names)
+
 def _choice(v, key:str, allowed) -> str:
     check_arg(v in allowed, key, v, f'one of {list(allowed)}'); return v
 
@@ -118,7 +125,7 @@ class ModelSection:
     def __post_init__(self):
         self.layers = _rng_pair(self.layers, 'model.layers', int, 1, 64); self.width = _rng_pair(self.width, 'model.width', int, 1, 4096)
         _choice(self.widths, 'model.widths', ('equal', 'per_layer'))
-        acts = [self.activations] if isinstance(self.activations, str) else list(self.activations)
+        acts = _names_list(self.activations, 'model.activations', ACTIVATIONS)
         check_arg(len(acts) > 0, 'model.activations', self.activations, f'a non-empty list of {list(ACTIVATIONS)}')
         for a in acts: _choice(a, 'model.activations', ACTIVATIONS)
         self.activations = tuple(acts)
@@ -135,7 +142,7 @@ class DatasetSection:
     hard_negative_share:float=0.5; if_short:str='error'
     def __post_init__(self):
         self.vocab_size = _num(self.vocab_size, 'dataset.vocab_size', 2, 26, int); self.seq_len = _num(self.seq_len, 'dataset.seq_len', 3, 64, int)
-        pats = [self.patterns] if isinstance(self.patterns, str) else list(self.patterns)
+        pats = _names_list(self.patterns, 'dataset.patterns', PATTERNS)
         for p in pats: _choice(p, 'dataset.patterns', list(PATTERNS))
         check_arg(len(pats) > 0 and len(set(pats)) == len(pats), 'dataset.patterns', self.patterns, 'a non-empty list of distinct pattern names')
         self.patterns = tuple(pats)
@@ -310,6 +317,19 @@ PRESETS = {
                       store=dict(chunk_records=32, shard_records=256)),
 }
 
+MAX_YAML_BYTES = 1_000_000   # a config is a few hundred bytes; anything this large is not one
+
+def read_yaml(p:Path, key:str='config'):
+    "The YAML document in file `p`, refused before parsing when it is large, not text, or uses aliases (a few bytes of aliases can expand to gigabytes)."
+    check_arg(p.stat().st_size <= MAX_YAML_BYTES, key, str(p), f'a YAML file of at most {MAX_YAML_BYTES:,} bytes')
+    try: text = p.read_text()
+    except UnicodeDecodeError: raise InterpgenError(f"{key}={str(p)!r} is not allowed: it is not a text (UTF-8) file") from None
+    try:
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text)):
+            raise InterpgenError(f"{key}={str(p)!r} is not allowed: it uses YAML aliases (*name); write the values out")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e: raise InterpgenError(f"{key}={str(p)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+
 def load_config(config=None, # None (default), a preset name, a YAML path, a dict or a `GenerationConfig`
                 **overrides # top-level values to replace, e.g. `size=`, `seed=`, and `max_attempts=` for `quality.max_attempts` (None: keep)
                ) -> GenerationConfig:
@@ -321,8 +341,7 @@ def load_config(config=None, # None (default), a preset name, a YAML path, a dic
     else:
         p = Path(config)
         check_arg(p.is_file(), 'config', str(config), f'a YAML file that exists, or a preset: {list(PRESETS)}')
-        try: d = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e: raise InterpgenError(f"config={str(config)!r} is not valid YAML: {e}") from None
+        d = read_yaml(p, 'config')
     d = json.loads(json.dumps(d or {}))
     for k, v in overrides.items():
         if v is None: continue
@@ -641,17 +660,19 @@ def prepare(self:DatasetGenerationPipeline,
            ) -> tuple:
     "Check `out` and create or reopen the zoo there; returns `(path, signature dataset, shards still to make)`."
     c = self.config; loc = StoreLocation(out)
-    if loc.local: check_writable_parent(loc.root)
+    if loc.local:
+        check_writable_parent(loc.root)
+        check_output(loc.root, 'zoo', inputs=[c.signature.path], overwrite=True, is_kind=lambda p: zoo_state(p) in ('zoo', 'creating'))
     with (nullcontext() if lock is not None else RunLock(loc, config_hash=c.hash)):
         state = zoo_state(loc)
         if state == 'other': raise InterpgenError(
             f"out={loc.url!r} is not allowed: it exists and is not an interpgen zoo; choose another path (nothing there was touched)")
+        sd = self.signature_dataset()                            # every check before anything is deleted
         if state == 'zoo' and (old := open_zoo(loc).attrs.get('config_hash')) != c.hash:
             if not overwrite: raise InterpgenError(
                 f"out={loc.url!r} holds a zoo made with another config (hash {str(old)[:12]}..., this run's is {c.hash[:12]}...); "
                 f"pass --overwrite to replace it, or choose another --out (nothing was touched)")
             loc.remove(); state = 'missing'
-        sd = self.signature_dataset()
         if state != 'zoo':                                       # nothing there, or an unfinished creation at a URL
             ex = _extractor(c, sd)
             attrs = dict(config=c.to_dict(), config_hash=c.hash, pattern_names=list(_sampler(c).pattern_names),
@@ -683,6 +704,11 @@ def _start_workers(c:GenerationConfig, loc:StoreLocation, workers:int):
     if workers > 1 and -(-c.size // c.store.shard_records) > 1 and zoo_state(loc) == 'missing':
         for _ in range(workers): worker_pool(workers).submit(_warm, c.to_dict())
 
+def check_scheduler(scheduler):
+    "Refuse, before any work, a scheduler that is neither an address such as `tcp://host:8786` nor a scheduler file (`.json`)."
+    ok = isinstance(scheduler, str) and (re.fullmatch(r'[a-z][a-z0-9+.-]*://\S+', scheduler) is not None or scheduler.endswith('.json'))
+    check_arg(ok, 'scheduler', scheduler, 'a Dask scheduler address such as tcp://host:8786, a scheduler file (.json), or a distributed.Client')
+
 def _failed_message(failed:dict, c:GenerationConfig) -> str:
     "One line: which records could not be made, why, and how to make them."
     top = lambda r: ', '.join(f'{k} {v}' for k, v in sorted(r.items(), key=lambda kv: -kv[1])[:3])
@@ -704,6 +730,7 @@ def run(self:DatasetGenerationPipeline,
     "Make every missing shard of the zoo at `out`; returns the finished `Zoo`."
     check_arg(isinstance(workers, int) and workers >= 1, 'workers', workers, 'an integer >= 1')
     check_arg(scheduler is None or workers == 1, 'workers', workers, '1 when a Dask scheduler is given (the cluster decides how many)')
+    if scheduler is not None and not hasattr(scheduler, 'submit'): check_scheduler(scheduler)   # before any work
     c = self.config; loc = StoreLocation(out)
     if loc.local: check_writable_parent(loc.root)
     with RunLock(loc, config_hash=c.hash) as lock:

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_sampler.ipynb #66f30841
 from __future__ import annotations
-import hashlib, json, math, string
+import errno, hashlib, json, math, string, sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,10 +14,11 @@ import numpy as np
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['LETTERS', 'ENUMERATE_LIMIT', 'PATTERNS', 'VOWELS', 'IF_SHORT', 'InterpgenError', 'check_arg', 'to_strings',
-           'from_strings', 'SequenceSpace', 'Pattern', 'register_pattern', 'get_patterns', 'contains', 'starts_with',
-           'ends_with', 'membership', 'draw_positives', 'uniformity_check', 'PatternDataset', 'PatternDatasetSampler',
-           'content_hash', 'SignatureDataset', 'save_signature_dataset', 'load_signature_dataset']
+__all__ = ['LETTERS', 'ENUMERATE_LIMIT', 'PATTERNS', 'VOWELS', 'IF_SHORT', 'InterpgenError', 'check_arg', 'command_errors',
+           'to_strings', 'from_strings', 'SequenceSpace', 'Pattern', 'register_pattern', 'get_patterns', 'contains',
+           'starts_with', 'ends_with', 'membership', 'draw_positives', 'uniformity_check', 'PatternDataset',
+           'PatternDatasetSampler', 'content_hash', 'SignatureDataset', 'save_signature_dataset',
+           'load_signature_dataset']
 
 # %% ../nbs/00_sampler.ipynb #107f1924
 class InterpgenError(ValueError):
@@ -28,6 +30,24 @@ def check_arg(ok:bool, # the condition that must hold
               allowed:str): # what is allowed, in words
     "Raise `InterpgenError` naming `name`, `value` and `allowed` unless `ok`."
     if not ok: raise InterpgenError(f"{name}={value!r} is not allowed: {allowed}")
+
+_OS_ERRORS = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded', errno.EACCES: 'permission denied',
+              errno.EPERM: 'not permitted', errno.EROFS: 'a read-only file system', errno.ENOENT: 'no such file or folder'}
+
+@contextmanager
+def command_errors(cmd:str, # the command's name, printed before the message
+                   resumable:bool=False): # does running the command again resume it (say so on Ctrl-C)?
+    """The error path every console script shares: an expected failure (an `InterpgenError`, a full disk, a permission,
+    a missing file, Ctrl-C) is one line on stderr and exit status 2; anything else is a bug and keeps its traceback."""
+    try: yield
+    except InterpgenError as e: print(f"{cmd}: error: {e}", file=sys.stderr); sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{cmd}: interrupted" + ("; run the same command to resume" if resumable else ''), file=sys.stderr); sys.exit(2)
+    except OSError as e:
+        if e.errno not in _OS_ERRORS: raise
+        where = ' '.join(f"'{f}'" for f in (e.filename, e.filename2) if f)
+        print(f"{cmd}: error: {_OS_ERRORS[e.errno]}{f' at {where}' if where else ''} (free the space or fix the "
+              f"permission, then run the same command again)", file=sys.stderr); sys.exit(2)
 
 # %% ../nbs/00_sampler.ipynb #2540295d
 LETTERS = string.ascii_uppercase

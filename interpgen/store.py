@@ -21,8 +21,9 @@ from .extractor import ActivationSignature, SignatureLayout
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'CREATING', 'LOCK_LEASE', 'ZooRecord', 'ZooSchema', 'record_arrays', 'record_hash',
-           'StoreLocation', 'zoo_state', 'is_zoo', 'check_writable_parent', 'package_versions', 'create_zoo',
-           'lock_is_live', 'RunLock', 'write_shard', 'signature_dataset_from', 'Zoo', 'open_zoo']
+           'StoreLocation', 'zoo_state', 'is_zoo', 'check_writable_parent', 'check_output', 'replace_path',
+           'package_versions', 'create_zoo', 'lock_is_live', 'RunLock', 'write_shard', 'signature_dataset_from', 'Zoo',
+           'open_zoo']
 
 # %% ../nbs/03_store.ipynb #067cb1f5
 @dataclass
@@ -173,6 +174,45 @@ def check_writable_parent(path) -> Path:
     try: tempfile.TemporaryDirectory(dir=parent, prefix='.interpgen-probe-').cleanup()
     except OSError as e: raise InterpgenError(f"out={str(path)!r} is not allowed: its folder {parent} cannot be written ({e.strerror})") from None
     return path
+
+def _inside_store(p:Path) -> Path|None:
+    "The Zarr store (a folder holding `zarr.json`) that `p` is inside, if any."
+    return next((q for q in p.parents if (q/'zarr.json').is_file()), None)
+
+def check_output(out, # the file or folder a command will write
+                 kind:str, # what it writes, for messages: `zoo`, `export`, `concept store`, ...
+                 inputs=(), # the paths the command reads: never replaced, held or written into
+                 overwrite:bool=False, # may an existing `out` be replaced?
+                 is_kind=None, # `is_kind(path) -> bool`: is what is at `out` a `kind` that interpgen made? (None: nothing may be replaced)
+                 key:str='out' # the option named in errors
+                ) -> Path:
+    """Check, before anything is written or deleted, that `out` may be written: not the working folder or a folder
+    above it, not an input, a folder holding one or a path inside one, not inside a Zarr store; an existing `out`
+    only with `overwrite`, and only when it is a `kind` interpgen made. Returns the absolute path."""
+    p = Path(out).absolute(); cwd = Path.cwd().absolute()
+    check_arg(p != cwd and p not in cwd.parents, key, str(out), 'a path that is not the working folder or a folder above it')
+    for i in inputs:
+        if i is None: continue
+        q = Path(i).absolute()
+        check_arg(p != q, key, str(out), f'another path than the input {i}')
+        check_arg(p not in q.parents, key, str(out), f'a path that does not hold the input {i}')
+        check_arg(q not in p.parents, key, str(out), f'a path outside the input {i}')
+    check_arg(_inside_store(p) is None, key, str(out), f'a path outside the Zarr store {_inside_store(p)}')
+    if p.exists() or p.is_symlink():
+        check_arg(overwrite, key, str(out), f'a path that does not exist yet (or pass --overwrite to replace the {kind} there)')
+        check_arg(p.is_symlink() is False and is_kind is not None and is_kind(p), key, str(out),
+                  f'a {kind} made by interpgen, to be replaced (what is there is not one; nothing was touched)')
+    return p
+
+def replace_path(tmp:Path, out:Path):
+    "Move the finished `tmp` into place at `out`: an old `out` is moved aside first and deleted only once `tmp` is in place."
+    old = out.with_name(f'.{out.name}.old-{os.getpid()}') if out.exists() else None
+    if old is not None: os.rename(out, old)
+    try: os.rename(tmp, out)
+    except BaseException:
+        if old is not None: os.rename(old, out)                    # put the old one back
+        raise
+    if old is not None: shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 # %% ../nbs/03_store.ipynb #f7c05e84
 def package_versions() -> dict:
@@ -483,8 +523,8 @@ def info(self:Zoo) -> dict:
     stats = [s for s in self.shard_stats() if s]
     failed = self.failed_records()
     idx = [i for s, st in enumerate(self.shard_stats()) if st for i in self.schema.shard_range(s) if i not in failed]
-    metas = [json.loads(str(m)) for m in self.g['meta'][:]]
-    metas = [metas[i] for i in idx]
+    raw = self.g['meta'][:]
+    metas = [json.loads(str(raw[i])) for i in idx]                  # the written records only (an interrupted zoo has blanks)
     cand = sum(s['candidates'] for s in stats); rej = sum(s['rejected'] for s in stats)
     nb = self.loc.fs.du(self.loc.root, total=True)
     out = dict(path=str(self.path), records=len(self), written=len(idx), shards=f'{len(self.done_shards())}/{self.schema.n_shards}',

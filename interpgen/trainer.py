@@ -862,7 +862,7 @@ class CountingPool(ProcessPoolExecutor):
     "A pool of `workers` spawned processes whose workers can read how many tasks wait and how many workers are busy."
     def __init__(self, workers:int):
         ctx = _pool_context(); self.state = ctx.Array('i', 2)          # [tasks waiting, workers busy]
-        super().__init__(workers, mp_context=ctx, initializer=_worker_init, initargs=(self.state, workers))
+        super().__init__(workers, mp_context=ctx, initializer=_worker_init, initargs=(self.state, workers, os.getpid()))
     def submit(self, fn, /, *args, **kwargs):                     # `map` submits through here too
         with self.state.get_lock(): self.state[0] += 1
         return super().submit(_counted_task, fn, *args, **kwargs)
@@ -874,10 +874,28 @@ def worker_pool(workers:int) -> CountingPool:
         _POOLS[workers] = CountingPool(workers)
     return _POOLS[workers]
 
-def _worker_init(state, workers):
+def _alive(pid:int) -> bool:
+    "Is process `pid` running (not gone, not a zombie waiting to be reaped)?"
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    try:
+        with open(f'/proc/{pid}/stat') as f: return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError: return True                                  # no /proc (macOS): the signal test is all there is
+
+def _watch_parent(pid:int, every:float=1.0):
+    "In a pool worker: end this process within `every` seconds of the process that started the pool going away, killed or not."
+    import threading
+    def watch():
+        while _alive(pid): time.sleep(every)
+        os._exit(3)                                               # no orphan goes on training, or writing into a zoo
+    threading.Thread(target=watch, daemon=True, name='interpgen-parent-watch').start()
+
+def _worker_init(state, workers, parent:int|None=None):
     "Runs in each worker as it starts (importing this module, hence torch)."
     global _POOL_STATE
     _POOL_STATE = (state, workers)
+    if parent is not None: _watch_parent(parent)
     # oneDNN keeps the kernels it built for 1,024 matmul shapes by default; a long run meets more (several widths,
     # batch sizes in steps of 8, partial last mini-batches) and would rebuild them. Read at its first matmul.
     os.environ.setdefault('ONEDNN_PRIMITIVE_CACHE_CAPACITY', '4096')

@@ -189,7 +189,7 @@ def test_output_folder_problems(tmp_path):
     with pytest.raises(InterpgenError, match='cannot be written'): p.run('/sys/zoo.zarr', progress=False)   # a read-only file system
     (tmp_path / 'notes').mkdir(); (tmp_path / 'notes' / 'a.txt').write_text('mine')
     for overwrite in (False, True):
-        with pytest.raises(InterpgenError, match='not an interpgen zoo'): p.run(tmp_path / 'notes', overwrite=overwrite, progress=False)
+        with pytest.raises(InterpgenError, match='a zoo made by interpgen'): p.run(tmp_path / 'notes', overwrite=overwrite, progress=False)
     assert (tmp_path / 'notes' / 'a.txt').read_text() == 'mine'
     with pytest.raises(InterpgenError, match='an existing zoo'): open_zoo(tmp_path / 'nothing.zarr')
 
