@@ -15,7 +15,7 @@ import yaml
 from fastcore.basics import patch
 from .sampler import (InterpgenError, check_arg, PATTERNS, PatternDatasetSampler, PatternDataset, SignatureDataset,
                                content_hash, get_patterns, load_signature_dataset)
-from .trainer import (SubjectArch, TrainJob, TrainConfig, SubjectModelTrainer, split_codes, worker_pool,
+from .trainer import (SubjectArch, TrainJob, TrainConfig, SubjectModelTrainer, split_codes, worker_pool, terminate_pools,
                                ACTIVATIONS, ENCODINGS, QUANTIZATIONS, INITS, PeakMemory, behaviour, wilson, difference_interval)
 from .extractor import ActivationSignatureExtractor, parse_methods
 from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_zoo, zoo_state, check_writable_parent, check_output,
@@ -691,6 +691,8 @@ def _pool_shards(workers:int, tasks:list):
     futs = [worker_pool(workers).submit(_shard_task, *t) for t in tasks]
     try:
         for f in as_completed(futs): yield f.result()
+    except BaseException:                                          # Ctrl-C, a failed shard, a lost lock: stop the shards in flight now
+        terminate_pools(); raise
     finally:
         for f in futs: f.cancel()
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_trainer.ipynb #04f7f320
 from __future__ import annotations
-import atexit, math, os, time, json
+import atexit, math, os, signal, time, json
 from dataclasses import dataclass, field, asdict, replace
 from typing import Sequence
 import numpy as np
@@ -20,8 +20,8 @@ __all__ = ['ACTIVATIONS', 'ENCODINGS', 'INITS', 'QUANTIZATIONS', 'BENCH_WORKLOAD
            'pack_models', 'unpack_model', 'with_ones', 'Layout', 'layout_order', 'batched_forward', 'batched_backward',
            'BatchedAdam', 'BatchRun', 'train_batch', 'evaluate', 'wilson', 'difference_interval', 'behaviour',
            'quantize_tensor', 'quantize_flat', 'TrainResult', 'plan_batches', 'CountingPool', 'worker_pool',
-           'idle_threads', 'pool_threads', 'shutdown_pools', 'SubjectModelTrainer', 'train_reference', 'PeakMemory',
-           'bench_jobs', 'bench_trainer']
+           'idle_threads', 'pool_threads', 'shutdown_pools', 'terminate_pools', 'SubjectModelTrainer',
+           'train_reference', 'PeakMemory', 'bench_jobs', 'bench_trainer']
 
 # %% ../nbs/01_trainer.ipynb #22ac1693
 ACTIVATIONS = ('relu', 'gelu', 'tanh', 'sigmoid', 'leaky_relu')
@@ -854,6 +854,10 @@ _POOL_STATE = None   # in a pool worker: (shared [tasks waiting, workers busy], 
 def _pool_context():
     """Where fork is safe, a fork server that imports interpgen (torch with it) once and forks every worker from it;
     elsewhere spawn, where each worker imports torch itself (~1.2 s each, the workers' start-up)."""
+    # after Ctrl-C stops the workers (`terminate_pools`), multiprocessing's resource tracker frees their queues'
+    # semaphores and says so on stderr; the freeing is what should happen, the notice is noise on a one-line exit
+    w = 'ignore::UserWarning:multiprocessing.resource_tracker'
+    if w not in os.environ.get('PYTHONWARNINGS', ''): os.environ['PYTHONWARNINGS'] = ','.join(x for x in (os.environ.get('PYTHONWARNINGS'), w) if x)
     if 'forkserver' not in mp.get_all_start_methods(): return mp.get_context('spawn')
     ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['interpgen.pipeline'])
     return ctx
@@ -896,6 +900,7 @@ def _worker_init(state, workers, parent:int|None=None):
     global _POOL_STATE
     _POOL_STATE = (state, workers)
     if parent is not None: _watch_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)                  # Ctrl-C is the run's to handle: it stops the workers (`terminate_pools`)
     # oneDNN keeps the kernels it built for 1,024 matmul shapes by default; a long run meets more (several widths,
     # batch sizes in steps of 8, partial last mini-batches) and would rebuild them. Read at its first matmul.
     os.environ.setdefault('ONEDNN_PRIMITIVE_CACHE_CAPACITY', '4096')
@@ -925,6 +930,15 @@ def _worker_ready(*_):
 def shutdown_pools():
     "Stop the worker processes started by `worker_pool`."
     for p in _POOLS.values(): p.shutdown()
+    _POOLS.clear()
+
+def terminate_pools():
+    "Stop the worker processes now, whatever they are doing (Ctrl-C, a failed run): what they were making is made again on resume."
+    for p in _POOLS.values():
+        procs = list((getattr(p, '_processes', None) or {}).values())
+        for proc in procs: proc.terminate()
+        for proc in procs: proc.join(5)
+        p.shutdown(wait=True, cancel_futures=True)
     _POOLS.clear()
 
 # %% ../nbs/01_trainer.ipynb #fa0efbf3

@@ -123,3 +123,20 @@ def test_workers_stop_when_the_run_is_killed(tmp_path):
     assert (tree(tmp_path / 'z.zarr') if (tmp_path / 'z.zarr').exists() else {}) == before
     r = cli('interpgen_info', tmp_path / 'z.zarr')                       # an interrupted zoo describes itself
     assert 'written' in r.stdout and '/8' in r.stdout, r.stdout
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
+    "Ctrl-C (SIGINT to the terminal's process group) ends a 2-worker run within seconds, one line, exit 2; the same command finishes the zoo."
+    import os, signal
+    cfg = tmp_path / 'c.yaml'; cfg.write_text(yaml.safe_dump({**tiny_config(64, 9, max_epochs=40), 'store': dict(chunk_records=4, shard_records=8)}))
+    cmd = [shutil.which('interpgen_generate'), '--config', cfg, '--out', tmp_path / 'z.zarr', '--workers', '2', '--quiet']
+    p = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len([q for q in _descendants(p.pid) if _running(q)]) < 3: time.sleep(0.2)
+    time.sleep(2); t = time.time(); os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and err.strip() == 'interpgen_generate: interrupted; run the same command to resume' and time.time() - t < 15, err
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from interpgen.store import open_zoo
+    assert open_zoo(tmp_path / 'z.zarr').info()['written'] == 64
