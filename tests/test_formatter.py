@@ -273,3 +273,29 @@ def test_classification_only_zoo(tmp_path):
     with pytest.raises(InterpgenError, match='has no modified model'): f.prompt(zoo[0], 'modification')
     r = cli('interpgen_export', path, '--out', tmp_path / 'm', check=False)
     assert r.returncode == 2 and 'no modified model' in r.stderr and not (tmp_path / 'm').exists()
+
+
+def test_scorer_agrees_with_independent_code(zoo_path, zoo):
+    "Own answer text, own float64 forward pass, own fresh sequences: the scorer's repairs gain on fresh data, its all-positive answer loses the negatives."
+    from independent import Space, read_zoo, fresh_measures
+    recs, probes, cfg = read_zoo(zoo_path)
+    space, f = Space(), TrainingDataFormatter()
+    def own_text(arch, flat):   # the answer format, written from its description: scaled integers in units of 0.001
+        dims, k, out = [arch['vocab_size'] * arch['seq_len'], *arch['hidden'], 1], 0, []
+        for l, (i, o) in enumerate(zip(dims[:-1], dims[1:])):
+            W = np.asarray(flat[k:k + i * o], np.float64).reshape(i, o); k += i * o; b = np.asarray(flat[k:k + o], np.float64); k += o
+            out.append(f"[layer {l}{' (output)' if l == len(dims) - 2 else ''}: {i} -> {o}]")
+            out += [f"n{j}: " + ' '.join(str(int(round(v * 1000))) for v in W[:, j]) + f" | {int(round(b[j] * 1000))}" for j in range(o)]
+        return '\n'.join(out)
+    grid = lambda x: np.rint(np.asarray(x, np.float64) * 1000) / 1000
+    yes = lambda r: np.concatenate([np.asarray(r['params']['subject'][:-1], np.float64), [99999.0]])
+    for make, name in ((lambda r: grid(r['params']['modified']), 'reference'), (yes, 'all positive')):
+        s = evaluate_predictions(zoo, 'modification', {r['index']: own_text(r['meta']['arch'], make(r)) for r in recs}, floors=False)
+        assert s['unparseable'] == 0
+        own = [fresh_measures(space, dict(r, params={'subject': grid(r['params']['subject']), 'answer': make(r)}), probes, seed=11) for r in recs]
+        gains = [m['answer']['recall'][r['meta']['target']] - m['subject']['recall'][r['meta']['target']] for r, m in zip(recs, own)]
+        neg = [m['answer']['negative_accuracy'] - m['subject']['negative_accuracy'] for m in own]
+        if name == 'reference':
+            assert s['repaired_rate'] == 1.0 and sum(g > 0 for g in gains) >= 0.9 * len(recs), gains
+        else:
+            assert s['repaired_rate'] == 0.0 and all(x < -0.5 for x in neg) and all(r['negative_change'] < -0.5 for r in s['records'])
