@@ -16,7 +16,7 @@ from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
 from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state, init_params
 from .extractor import ActivationSignature
 from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, check_output, replace_path, _quantiles
-from .pipeline import TASKS, load_config, evaluation_set, repair_check
+from .pipeline import TASKS, load_config, evaluation_set, repair_check, moved_patterns, negatives_kept
 
 # %% auto #0
 __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
@@ -581,10 +581,10 @@ class AnswerScorer:
                  number_format:str='scaled', precision:int=3, # the number format of the answers (`answers_format`)
                  cache:int=4096): # records whose evaluation sets are kept
         self.zoo = zoo if isinstance(zoo, Zoo) else open_zoo(zoo)
-        self.numbers = NumberFormat(number_format, precision); self.f = TrainingDataFormatter(number_format=number_format, precision=precision)
+        self.f = TrainingDataFormatter(number_format=number_format, precision=precision)   # reads the answers
         self.cfg, self.cands, self.cache, self._ctx = load_config(self.zoo.config), zoo_candidates(self.zoo), cache, {}
         self._sd = None
-    def __repr__(self): return f"AnswerScorer({self.zoo.path}, {self.numbers.describe()})"
+    def __repr__(self): return f"AnswerScorer({self.zoo.path}, {self.f.numbers.describe()})"
 
 @patch
 def record(self:AnswerScorer, i:int) -> dict:
@@ -595,8 +595,8 @@ def record(self:AnswerScorer, i:int) -> dict:
     if rec.meta.get('target') is not None and 'modified' in rec.params:
         if self._sd is None: self._sd = self.zoo.signature_dataset
         ctx['ev'] = evaluation_set(self.cfg, rec, self._sd)          # fresh data no model of the record saw, as the filter used
-        ctx['base'] = behaviour(rec.arch, [self.numbers.grid(rec.params['subject'])], ctx['ev'])[0]
-        ref = self.judge(i, self.numbers.grid(rec.params['modified']), ctx)
+        ctx['base'] = behaviour(rec.arch, [self.f.numbers.grid(rec.params['subject'])], ctx['ev'])[0]
+        ref = self.judge(i, self.f.numbers.grid(rec.params['modified']), ctx)
         ctx['reference_gain'] = ref['gain']
     self._ctx[i] = ctx
     return ctx
@@ -606,8 +606,7 @@ def judge(self:AnswerScorer, i:int, flat, ctx=None) -> dict:
     "Weights `flat` as an answer to record `i`'s modification prompt: `repair_check` against the degraded model on the evaluation set."
     ctx = ctx or self.record(i); rec = ctx['rec']; t = rec.meta['target']; c = self.cfg.corruption
     v = repair_check(ctx['base'], behaviour(rec.arch, [flat], ctx['ev'])[0], t, c)
-    kept = (all(abs(x) <= c.max_other_degradation + 1e-12 for x in v['other_change'].values())      # the rest as before
-            and (c.max_negative_degradation is None or abs(v['negative_change']) <= c.max_negative_degradation + 1e-12))
+    kept = not moved_patterns(v['other_change'], c) and negatives_kept(v['negative_change'], c)   # the rest as before: the filter's own bounds
     ref = ctx.get('reference_gain')
     share = 0.0 if not kept or v['target_gain'] <= 0 else 1.0 if not ref or ref <= 0 else min(1.0, v['target_gain'] / ref)
     return dict(index=i, target=t, parsed=True, error=None, repaired=v['ok'], reason=v['reason'], gain=v['target_gain'], gain_ci=v['target_gain_ci'],
@@ -688,10 +687,10 @@ def floors(self:AnswerScorer, task:str, asked:list) -> dict:
     out = {}
     if task == 'modification':
         def weights(name, rec):
-            if name == 'reference': return self.numbers.grid(rec.params['modified'])
-            if name == 'copy degraded': return self.numbers.grid(rec.params['subject'])
-            if name == 'all positive': return all_positive(rec.arch, self.numbers.grid(rec.params['subject']))
-            return self.numbers.grid(init_params(rec.arch, seed=rec.index, scheme='he').numpy())
+            if name == 'reference': return self.f.numbers.grid(rec.params['modified'])
+            if name == 'copy degraded': return self.f.numbers.grid(rec.params['subject'])
+            if name == 'all positive': return all_positive(rec.arch, self.f.numbers.grid(rec.params['subject']))
+            return self.f.numbers.grid(init_params(rec.arch, seed=rec.index, scheme='he').numpy())
         for name in FLOORS[task]:
             out[name] = summarise(task, [self.judge(i, weights(name, self.record(i)['rec'])) for i in asked])
         return out

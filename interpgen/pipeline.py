@@ -25,9 +25,9 @@ from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_
 __all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'MAX_YAML_BYTES', 'ModelSection', 'DatasetSection',
            'TrainingSection', 'CorruptionSection', 'QualitySection', 'ModifiedSection', 'SignatureSection',
            'StoreSection', 'GenerationConfig', 'config_from_dict', 'read_yaml', 'load_config', 'Candidate',
-           'make_candidate', 'corruption_region', 'corrupt', 'label_check', 'repair_check', 'quality',
-           'build_candidate', 'evaluation_set', 'train_and_judge', 'attempt_rounds', 'generate_shard',
-           'DatasetGenerationPipeline', 'check_scheduler', 'bench_learnability', 'bench_pipeline']
+           'make_candidate', 'corruption_region', 'corrupt', 'label_check', 'moved_patterns', 'negatives_kept',
+           'repair_check', 'quality', 'build_candidate', 'evaluation_set', 'train_and_judge', 'attempt_rounds',
+           'generate_shard', 'DatasetGenerationPipeline', 'check_scheduler', 'bench_learnability', 'bench_pipeline']
 
 # %% ../nbs/04_pipeline.ipynb #5dda77a4
 DEFAULT_CONFIG_YAML = """\
@@ -412,6 +412,14 @@ def label_check(clean:dict, # `behaviour` of the model whose labels the record c
 
 def _hits(b:dict, p:str) -> tuple: return round(b['recall'][p] * b['positives'][p]), b['positives'][p]
 
+def moved_patterns(other:dict, c:CorruptionSection) -> list:
+    "The other patterns whose recall changed (either way) by more than `max_other_degradation`."
+    return [p for p, v in other.items() if abs(v) > c.max_other_degradation + 1e-12]
+
+def negatives_kept(neg:float, c:CorruptionSection) -> bool:
+    "Did the accuracy on negatives change (either way) by no more than `max_negative_degradation`?"
+    return c.max_negative_degradation is None or abs(neg) <= c.max_negative_degradation + 1e-12
+
 def repair_check(degraded:dict, # `behaviour` of the model to repair
                  repaired:dict, # `behaviour` of the repair (the record's modified model, or an interpreter's answer)
                  target:str, # the pattern to repair
@@ -422,11 +430,11 @@ def repair_check(degraded:dict, # `behaviour` of the model to repair
     other = {p: repaired['recall'][p] - degraded['recall'][p] for p in degraded['recall'] if p != target}
     worst = max(other.values(), key=abs, default=0.0)                  # the signed change of largest size
     neg = repaired['negative_accuracy'] - degraded['negative_accuracy']
-    moved = [p for p, v in other.items() if abs(v) > c.max_other_degradation + 1e-12]
+    moved = moved_patterns(other, c)
     reason, pats = ((('target_not_degraded', [target]) if gain < c.min_degradation_threshold - 1e-12 else
                      ('target_gain_uncertain', [target]) if ci[0] <= 0 else
                      ('other_changed', moved) if moved else
-                     ('negatives_changed', [target]) if c.max_negative_degradation is not None and abs(neg) > c.max_negative_degradation + 1e-12
+                     ('negatives_changed', [target]) if not negatives_kept(neg, c)
                      else (None, [])))
     return dict(ok=reason is None, reason=reason, patterns=pats, target_gain=gain, target_gain_ci=ci, other_change=other,
                 worst_other_change=worst, negative_change=neg)
