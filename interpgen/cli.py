@@ -99,12 +99,22 @@ def _flat(d:dict, prefix='') -> list:
 
 @call_parse
 def interpgen_info(store:str, # the zoo to describe
-                   json_out:bool=False): # print the summary as JSON
+                   json_out:bool=False, # print the summary as JSON
+                   verify:bool=False): # also read every written record back against its hash; exit 2 if any is damaged
     "Print a zoo's summary: size, config hash, pattern and target counts, metric distributions, rejection rate."
-    with command_errors('interpgen_info'): info = open_zoo(store).info()
-    if json_out: print(json.dumps(info, indent=1)); return
-    w = max(len(k) for k, _ in _flat(info))
-    for k, v in _flat(info): print(f'{k.ljust(w)}  {v}')
+    with command_errors('interpgen_info'):
+        zoo = open_zoo(store)
+        damaged = zoo.damaged(progress=not json_out and sys.stderr.isatty()) if verify else {}   # before the summary, which reads metadata
+        if damaged: raise InterpgenError(f"{len(damaged)} of {len(zoo.written())} written records are damaged, the first: {damaged[min(damaged)]}")
+        info = zoo.info()
+        if verify: info['damaged'] = []
+    if json_out: print(json.dumps(info, indent=1))
+    else:
+        w = max(len(k) for k, _ in _flat(info))
+        for k, v in _flat(info): print(f'{k.ljust(w)}  {v}')
+        print(f"{store}: {info['written']} of {info['records']} records written"
+              + ('' if info['written'] == info['records'] else ' (run interpgen_generate with the same config and --out to finish it)')
+              + (f"; all {info['written']} read back whole (hashes match)" if verify else ''))
 
 # %% ../nbs/08_cli.ipynb #053c9df6
 def _table(rows:list) -> str:
@@ -173,6 +183,7 @@ def interpgen_export(store:str, # the zoo to export
                      max_tokens:int=None, # drop examples longer than this (prompt + completion tokens)
                      tokenizer:str=DEFAULT_MODEL, # tokenizer for the counts: a built-in name, a local folder, or `none`
                      overwrite:bool=False, # replace `out`
+                     written_only:bool=False, # export the records written so far of a zoo not finished yet
                      quiet:bool=False): # no progress bar
     "Export a zoo's prompt/completion examples as a Hugging Face dataset (jsonl, parquet or hf), split by record."
     t0 = time.perf_counter()
@@ -180,8 +191,8 @@ def interpgen_export(store:str, # the zoo to export
         check_arg(out is not None, 'out', out, 'a folder to write, e.g. --out prompts')
         info = export_examples(store, task, out, format, _formatter(style, number_format, precision, signature_precision, signature_columns, compact),
                                _shares(shares), split_seed, tuple(_names(holdout_patterns) or ()), max_tokens,
-                               None if tokenizer == 'none' else tokenizer, overwrite, progress=not quiet)
-    print(f"{out}: {task} examples as {format}: " + ', '.join(f'{s} {n}' for s, n in info['counts'].items())
+                               None if tokenizer == 'none' else tokenizer, overwrite, written_only, progress=not quiet)
+    print(f"{out}: {task} examples as {format} of {info['written']} of {info['records']} records: " + ', '.join(f'{s} {n}' for s, n in info['counts'].items())
           + (f"; {info['dropped_over_budget']} over the budget of {max_tokens} tokens dropped" if max_tokens else '')
           + f" ({time.perf_counter() - t0:.1f} s)")
     rows = [dict(tokens=k, **v) for k, v in info['tokens'].items() if v]
@@ -211,7 +222,7 @@ def interpgen_evaluate(store:str, # the zoo the prompts came from
                   'another file than --predictions (it would replace the answers)')
         if json_out: check_output(json_out, 'scores file', inputs=[store, predictions, export], overwrite=True, is_kind=_is_scores, key='json_out')
         s = evaluate_predictions(store, task, predictions, number_format, precision, export, split, strict=strict, progress=not quiet)
-    if json_out: Path(json_out).write_text(json.dumps(s, indent=1))
+        if json_out: write_atomic(json_out, json.dumps(s, indent=1))
     nf = NumberFormat(s['number_format']['number_format'], s['number_format']['precision'])
     print(f"{task}: {s['asked']} records asked ({s['asked_from']}): {s['answered']} answered, {s['missing']} missing, "
           f"{s['unparseable']} unparseable; {s['bad_lines']} lines not read, {s['not_asked']} answers for records not asked; "

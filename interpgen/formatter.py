@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
 from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state, init_params
 from .extractor import ActivationSignature
-from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, check_output, replace_path, _quantiles
+from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, check_output, temp_sibling, replace_path, _quantiles
 from .pipeline import TASKS, load_config, evaluation_set, repair_check, moved_patterns, negatives_kept
 
 # %% auto #0
@@ -388,9 +388,7 @@ def iter_examples(zoo:Zoo, task:str, # `classification` or `modification`
                   ):
     "Yield `(index, example)` for the records of `zoo`; an example has `prompt`, `completion` and `metadata` (a dict)."
     f, cands = formatter or TrainingDataFormatter(), zoo_candidates(zoo)
-    want = None if indices is None else set(int(i) for i in indices)
-    for rec in zoo:
-        if want is not None and rec.index not in want: continue
+    for rec in zoo.records(indices):
         p, c = f.prompt(rec, task, cands), f.completion(rec, task, cands)
         meta = dict(index=rec.index, hash=rec.hash, task=task, patterns=rec.meta['patterns'], target=rec.meta.get('target'),
                     arch=rec.arch.to_dict(), n_params=rec.arch.n_params, config_hash=zoo.attrs['config_hash'], format=f.settings())
@@ -431,6 +429,7 @@ def export_examples(store, # a zoo path or an open `Zoo`
                     max_tokens:int|None=None, # drop examples longer than this (prompt + completion tokens)
                     tokenizer=DEFAULT_MODEL, # tokenizer for counts (a name or a tokenizer); None: no counts
                     overwrite:bool=False, # replace `out` if it exists
+                    written_only:bool=False, # export the records written so far of a zoo not finished yet (default: such a zoo is refused)
                     progress:bool=True) -> dict: # a progress bar
     "Write `task` examples of a zoo as a Hugging Face dataset split by record; return the export's summary."
     check_arg(format in EXPORT_FORMATS, 'format', format, f'one of {EXPORT_FORMATS}')
@@ -438,14 +437,16 @@ def export_examples(store, # a zoo path or an open `Zoo`
     check_arg(max_tokens is None or (isinstance(max_tokens, int) and max_tokens > 0), 'max_tokens', max_tokens, 'a positive integer or None')
     check_arg(max_tokens is None or tokenizer is not None, 'max_tokens', max_tokens, 'None when tokenizer is None (the budget is in tokens)')
     zoo = store if isinstance(store, Zoo) else open_zoo(store)
+    if not written_only: zoo.check_complete('export', 'pass --written_only to export the records written so far')
+    todo = zoo.written()
     unknown = [p for p in holdout_patterns if p not in zoo_candidates(zoo)]
     check_arg(not unknown, 'holdout_patterns', list(holdout_patterns), f'patterns of this zoo: {", ".join(zoo_candidates(zoo))}')
     out = check_output(out, 'export', inputs=[zoo.path], overwrite=overwrite, is_kind=is_export)
     check_writable_parent(out)
     f = formatter or TrainingDataFormatter()
     rows, lengths, dropped, indices = {s: [] for s in SPLITS}, dict(prompt=[], completion=[], total=[]), [], {s: [] for s in SPLITS}
-    bar = tqdm(total=len(zoo), desc=f'export {task}', unit='rec', disable=not progress)
-    for i, ex in iter_examples(zoo, task, f, tokenizer=tokenizer):
+    bar = tqdm(total=len(todo), desc=f'export {task}', unit='rec', disable=not progress)
+    for i, ex in iter_examples(zoo, task, f, indices=todo, tokenizer=tokenizer):
         bar.update(1)
         m = ex['metadata']
         if tokenizer is not None:
@@ -455,12 +456,13 @@ def export_examples(store, # a zoo path or an open `Zoo`
         s = record_split(i, m['patterns'], shares, split_seed, holdout_patterns); m['split'] = s; indices[s].append(i)
         rows[s].append(dict(prompt=ex['prompt'], completion=ex['completion'], metadata=json.dumps(m)))
     bar.close()
-    info = dict(store=str(zoo.path), task=task, format=format, counts={s: len(r) for s, r in rows.items()}, indices=indices,
+    info = dict(store=str(zoo.path), task=task, format=format, records=len(zoo), written=len(todo),
+                counts={s: len(r) for s, r in rows.items()}, indices=indices,
                 dropped_over_budget=len(dropped), dropped_indices=dropped[:100], max_tokens=max_tokens,
                 tokenizer=tokenizer if isinstance(tokenizer, str) or tokenizer is None else getattr(tokenizer, 'name_or_path', 'custom'),
                 tokens={k: _quant(v) for k, v in lengths.items()}, shares=list(shares), split_seed=split_seed,
                 holdout_patterns=list(holdout_patterns), formatter=f.settings(), config_hash=zoo.attrs['config_hash'])
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
+    tmp = temp_sibling(out)
     try:
         if format == 'hf':
             import datasets
@@ -730,6 +732,10 @@ def evaluate_predictions(store, # a zoo path or an open `Zoo`
     nf, src = answers_format(a, info, info_path, number_format=number_format, precision=precision)
     idx, asked_from = asked_records(zoo, a, info, split, asked)
     check_arg(all(0 <= i < len(zoo) for i in idx), 'asked', idx[:5], f'record indices of this zoo (0..{len(zoo) - 1})')
+    written = set(zoo.written())
+    if unmade := [i for i in idx if i not in written]: raise InterpgenError(
+        f"{zoo.path}: {len(written)} of {len(zoo)} records written, and {len(unmade)} of the {len(idx)} records asked ({asked_from}) are not, "
+        f"the first {unmade[:5]}: finish the zoo with interpgen_generate, or score the split of an export made with --written_only")
     where = a.source or 'predictions'
     if strict and a.problems: raise InterpgenError(f"{where}, line {a.problems[0][0]}: {a.problems[0][1]} (strict)")
     sc = AnswerScorer(zoo, **nf)

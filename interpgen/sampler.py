@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_sampler.ipynb #66f30841
 from __future__ import annotations
-import errno, hashlib, json, math, string, sys
+import errno, hashlib, json, math, os, string, sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,8 +15,8 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['LETTERS', 'ENUMERATE_LIMIT', 'PATTERNS', 'VOWELS', 'IF_SHORT', 'InterpgenError', 'check_arg', 'command_errors',
-           'to_strings', 'from_strings', 'SequenceSpace', 'Pattern', 'register_pattern', 'get_patterns', 'contains',
-           'starts_with', 'ends_with', 'membership', 'draw_positives', 'uniformity_check', 'PatternDataset',
+           'write_atomic', 'to_strings', 'from_strings', 'SequenceSpace', 'Pattern', 'register_pattern', 'get_patterns',
+           'contains', 'starts_with', 'ends_with', 'membership', 'draw_positives', 'uniformity_check', 'PatternDataset',
            'PatternDatasetSampler', 'content_hash', 'SignatureDataset', 'save_signature_dataset',
            'load_signature_dataset']
 
@@ -48,6 +48,16 @@ def command_errors(cmd:str, # the command's name, printed before the message
         where = ' '.join(f"'{f}'" for f in (e.filename, e.filename2) if f)
         print(f"{cmd}: error: {_OS_ERRORS[e.errno]}{f' at {where}' if where else ''} (free the space or fix the "
               f"permission, then run the same command again)", file=sys.stderr); sys.exit(2)
+
+def write_atomic(path, # the file to write
+                 data # its whole content: `str` (UTF-8) or `bytes`
+                ):
+    "Write `path` through a temporary sibling moved into place: a full disk or a crash leaves the old file (or none), never half of one."
+    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data); os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
 
 # %% ../nbs/00_sampler.ipynb #2540295d
 LETTERS = string.ascii_uppercase
@@ -739,7 +749,7 @@ def create_signature_dataset(self:PatternDatasetSampler,
 def save_signature_dataset(sd:SignatureDataset, path) -> str:
     "Write `sd` as JSON with its content hash; returns the hash."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(sd.content(), sha256=sd.sha256), indent=1))
+    write_atomic(path, json.dumps(dict(sd.content(), sha256=sd.sha256), indent=1))
     return sd.sha256
 
 def load_signature_dataset(path, expected_sha256:str|None=None) -> SignatureDataset:

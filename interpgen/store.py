@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, asdict, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 import fsspec
 import numpy as np
 import torch
@@ -21,9 +22,9 @@ from .extractor import ActivationSignature, SignatureLayout
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'CREATING', 'LOCK_LEASE', 'ZooRecord', 'ZooSchema', 'record_arrays', 'record_hash',
-           'StoreLocation', 'zoo_state', 'is_zoo', 'check_writable_parent', 'check_output', 'replace_path',
-           'package_versions', 'create_zoo', 'lock_is_live', 'RunLock', 'write_shard', 'signature_dataset_from', 'Zoo',
-           'open_zoo']
+           'StoreLocation', 'zoo_state', 'is_zoo', 'check_writable_parent', 'check_output', 'temp_sibling',
+           'replace_path', 'package_versions', 'create_zoo', 'lock_is_live', 'RunLock', 'write_shard',
+           'signature_dataset_from', 'Zoo', 'open_zoo']
 
 # %% ../nbs/03_store.ipynb #067cb1f5
 @dataclass
@@ -203,6 +204,12 @@ def check_output(out, # the file or folder a command will write
         check_arg(p.is_symlink() is False and is_kind is not None and is_kind(p), key, str(out),
                   f'a {kind} made by interpgen, to be replaced (what is there is not one; nothing was touched)')
     return p
+
+def temp_sibling(out:Path) -> Path:
+    "A new empty folder beside `out` (hidden, so `ls` does not show it) to build `out` in; made with the umask's mode, not `mkdtemp`'s 0700."
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
+    um = os.umask(0); os.umask(um); tmp.chmod(0o777 & ~um)
+    return tmp
 
 def replace_path(tmp:Path, out:Path):
     "Move the finished `tmp` into place at `out`: an old `out` is moved aside first and deleted only once `tmp` is in place."
@@ -433,6 +440,21 @@ def failed_records(self:Zoo) -> dict:
     return {int(i): f for st in self.shard_stats() if st for i, f in st.get('failed', {}).items()}
 
 @patch
+def written(self:Zoo) -> list:
+    "The indices of the records written so far, in order (an interrupted run, or records it could not make, leave the rest out)."
+    failed = self.failed_records()
+    return [i for s, st in enumerate(self.shard_stats()) if st for i in self.schema.shard_range(s) if i not in failed]
+
+@patch
+def check_complete(self:Zoo, what:str, # what would go wrong, e.g. 'export'
+                   partial:str=''): # the way to work on the written part, e.g. 'pass --written_only to export the written records'
+    "Raise `InterpgenError` unless every record is written: 'k of n records written', and how to go on."
+    k = len(self.written())
+    if k < len(self): raise InterpgenError(
+        f"{self.path}: {k} of {len(self)} records written, so there is nothing complete to {what}: run interpgen_generate with the same config "
+        f"and --out {self.path} to finish it" + (f", or {partial}" if partial else ''))
+
+@patch
 def _check_written(self:Zoo, idx:range):
     stats, failed = self.shard_stats(), self.failed_records()
     for s in sorted({i // self.schema.shard_records for i in idx}):
@@ -447,24 +469,55 @@ def _check_written(self:Zoo, idx:range):
 
 # %% ../nbs/03_store.ipynb #69820fc4
 @patch
-def _read(self:Zoo, idx:range) -> list:
-    "The records `idx` (a contiguous range), one read per array."
+def _record(self:Zoo, blk:dict, j:int, i:int) -> ZooRecord:
+    "Record `i` from row `j` of the blocks `blk` (array name -> rows read)."
+    meta = json.loads(str(blk['meta'][j])); arch = SubjectArch.from_dict(meta['arch'])
+    n, P, R = int(blk['n_examples'][j]), int(blk['n_params'][j]), int(blk['n_rows'][j])
+    ds = PatternDataset(blk['dataset/seqs'][j, :n].astype(np.int64), blk['dataset/labels'][j, :n].astype(np.int64),
+                        blk['dataset/membership'][j, :n], list(self.pattern_names), list(meta['patterns']),
+                        blk['dataset/source'][j, :n].astype(np.int64), arch.vocab_size, arch.seq_len, meta.get('sampler_notes', {}))
+    layout = SignatureLayout(arch, self.columns, self.attrs['signature']['sha256'], self.attrs['signature']['config'])
+    return ZooRecord(i, meta, arch, ds, blk['dataset/train_labels'][j, :n].astype(np.int64), blk['dataset/split'][j, :n].astype(np.int64),
+                     {m: torch.from_numpy(blk[f'{m}/params'][j, :P].copy()) for m in self.schema.models},
+                     {m: ActivationSignature(blk[f'{m}/signature'][j, :R], layout) for m in self.schema.models},
+                     str(blk['hash'][j]))
+
+@patch
+def chunk_files(self:Zoo, i:int) -> list:
+    "The files (keys inside the zoo) that hold record `i`: one chunk of every array."
+    c = i // self.schema.chunk_records
+    return [f"{k}/c/{c}" + '/0' * len(tail) for k, (tail, _, _) in self.schema.arrays().items()]
+
+@patch
+def _damaged(self:Zoo, i:int, why:str) -> InterpgenError:
+    "The error for a damaged record `i`: which record, which files, what to do."
+    files = self.chunk_files(i)
+    missing = [f for f in files if not self.loc.fs.exists(self.loc.key(f))]
+    where = (f"missing file{'s' * (len(missing) > 1)} {', '.join(missing[:4])}{' ...' * (len(missing) > 4)}" if missing else
+             f"one of its files ({', '.join(files[:2])}, ... {len(files)} in all) was changed")
+    return InterpgenError(f"record {i} of {self.path} is damaged: {why} ({where}). Run interpgen_generate with the same config and --out "
+                          f"to rewrite its shard ({i // self.schema.shard_records}); interpgen_info --verify lists every damaged record")
+
+@patch
+def _read(self:Zoo, idx:range, damaged:list|None=None) -> list:
+    """The records `idx` (a contiguous range), one read per array, each checked against its stored hash. A damaged
+    record raises `InterpgenError` naming it and its files, or, when `damaged` is a list, is left out and appended there as `(index, message)`."""
     self._check_written(idx)
-    a, b = idx.start, idx.stop
-    blk = {k: self.g[k][a:b] for k in self.schema.arrays()}
-    sd_sha, sig_cfg = self.attrs['signature']['sha256'], self.attrs['signature']['config']
+    def bad(i, why):
+        e = self._damaged(i, why)
+        if damaged is None: raise e
+        damaged.append((i, str(e)))
+    try: blk = {k: self.g[k][idx.start:idx.stop] for k in self.schema.arrays()}
+    except OSError: raise                                          # permissions, network: not damage
+    except Exception as e:                                          # a chunk that does not decode
+        if damaged is not None and len(idx) > 1: return [r for i in idx for r in self._read(range(i, i + 1), damaged)]
+        bad(idx.start, f"a file does not decode ({type(e).__name__}: {str(e)[:80]})"); return []
     out = []
     for j, i in enumerate(idx):
-        meta = json.loads(str(blk['meta'][j])); arch = SubjectArch.from_dict(meta['arch'])
-        n, P, R = int(blk['n_examples'][j]), int(blk['n_params'][j]), int(blk['n_rows'][j])
-        ds = PatternDataset(blk['dataset/seqs'][j, :n].astype(np.int64), blk['dataset/labels'][j, :n].astype(np.int64),
-                            blk['dataset/membership'][j, :n], list(self.pattern_names), list(meta['patterns']),
-                            blk['dataset/source'][j, :n].astype(np.int64), arch.vocab_size, arch.seq_len, meta.get('sampler_notes', {}))
-        layout = SignatureLayout(arch, self.columns, sd_sha, sig_cfg)
-        out.append(ZooRecord(i, meta, arch, ds, blk['dataset/train_labels'][j, :n].astype(np.int64), blk['dataset/split'][j, :n].astype(np.int64),
-                             {m: torch.from_numpy(blk[f'{m}/params'][j, :P].copy()) for m in self.schema.models},
-                             {m: ActivationSignature(blk[f'{m}/signature'][j, :R], layout) for m in self.schema.models},
-                             str(blk['hash'][j])))
+        try: rec = self._record(blk, j, i)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e: bad(i, f"its metadata does not read ({type(e).__name__})"); continue
+        if record_hash(rec) != rec.hash: bad(i, "its content does not match its stored hash" if rec.hash else "its stored hash is missing"); continue
+        out.append(rec)
     return out
 
 @patch
@@ -486,6 +539,16 @@ def __iter__(self:Zoo):
     for a in range(0, len(self), C): yield from self._read(range(a, min(len(self), a + C)))
 
 @patch
+def records(self:Zoo, indices=None) -> Iterator[ZooRecord]:
+    "The records `indices` (default: every one), in index order, read a run of neighbours in one chunk at a time."
+    C, idx = self.schema.chunk_records, sorted({int(i) for i in (range(len(self)) if indices is None else indices)})
+    check_arg(all(0 <= i < len(self) for i in idx), 'indices', idx[:5], f'record indices of this zoo (0..{len(self) - 1})')
+    run = []
+    for i in idx + [None]:
+        if run and (i is None or i != run[-1] + 1 or i // C != run[0] // C): yield from self._read(range(run[0], run[-1] + 1)); run = []
+        if i is not None: run.append(i)
+
+@patch
 def model(self:Zoo, i:int, which:str='subject') -> SubjectModel:
     "The runnable `SubjectModel` `which` (`subject` or `modified`) of record `i`."
     return self[i].model(which)
@@ -497,8 +560,25 @@ def hashes(self:Zoo) -> list:
 
 @patch
 def verify(self:Zoo, i:int) -> bool:
-    "Recompute record `i`'s hash from what is stored and compare it with the stored one."
-    r = self[i]; return record_hash(r) == r.hash
+    "Whether record `i` reads back whole: its hash recomputed from what is stored equals the stored one."
+    d = []; self._read(range(i, i + 1), d); return not d
+
+@patch
+def damaged(self:Zoo, shards=None, # the shards to check (default: every written one)
+            progress:bool=False) -> dict:
+    "Every damaged record of the written `shards`: index -> message (empty when all read back whole)."
+    from tqdm.auto import tqdm
+    failed, C, out = self.failed_records(), self.schema.chunk_records, {}
+    shards = [s for s, st in enumerate(self.shard_stats()) if st] if shards is None else shards
+    n = sum(len(self.schema.shard_range(s)) for s in shards)
+    with tqdm(total=n, unit='rec', desc='verify', disable=not progress) as bar:
+        for s in shards:
+            r = self.schema.shard_range(s)
+            for a in range(r.start, r.stop, C):
+                for b in [range(a, min(r.stop, a + C))] if not failed else [range(i, i + 1) for i in range(a, min(r.stop, a + C)) if i not in failed]:
+                    d = []; self._read(b, d); out.update(d)
+                bar.update(min(r.stop, a + C) - a)
+    return out
 
 def open_zoo(path) -> Zoo:
     "Open the zoo at `path` for reading."
@@ -518,13 +598,29 @@ def _summed(dicts) -> dict:
     return dict(c.most_common())
 
 @patch
+def _metas(self:Zoo, idx:list) -> list:
+    "The metadata dicts of records `idx`, read in one go; a file that does not decode is the damaged-record error of its first record."
+    try: raw = self.g['meta'][:]
+    except OSError: raise
+    except Exception:                                               # find the chunk that does not decode, to name it
+        C = self.schema.chunk_records
+        for a in range(0, len(self), C):
+            try: self.g['meta'][a:a + C]
+            except OSError: raise
+            except Exception as e: raise self._damaged(a, f"its metadata file does not decode ({type(e).__name__})") from None
+        raise
+    out = []
+    for i in idx:
+        try: out.append(json.loads(str(raw[i])))
+        except ValueError: raise self._damaged(i, "its metadata is not JSON") from None
+    return out
+
+@patch
 def info(self:Zoo) -> dict:
     "A summary of the zoo from its metadata: size, rejections by reason and pattern, what each model does on its evaluation set."
     stats = [s for s in self.shard_stats() if s]
-    failed = self.failed_records()
-    idx = [i for s, st in enumerate(self.shard_stats()) if st for i in self.schema.shard_range(s) if i not in failed]
-    raw = self.g['meta'][:]
-    metas = [json.loads(str(raw[i])) for i in idx]                  # the written records only (an interrupted zoo has blanks)
+    failed, idx = self.failed_records(), self.written()
+    metas = self._metas(idx)                                        # the written records only (an interrupted zoo has blanks)
     cand = sum(s['candidates'] for s in stats); rej = sum(s['rejected'] for s in stats)
     nb = self.loc.fs.du(self.loc.root, total=True)
     out = dict(path=str(self.path), records=len(self), written=len(idx), shards=f'{len(self.done_shards())}/{self.schema.n_shards}',

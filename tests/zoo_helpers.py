@@ -53,3 +53,11 @@ def same_store(a, b):
     xa, xb = arrays(a), arrays(b)
     assert xa.keys() == xb.keys()
     for k in xa: np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+
+
+def one_line(r, *words) -> str:
+    "The command failed as expected failures must: exit 2, one line on stderr holding every one of `words`, no traceback."
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, (r.returncode, r.stderr[-3000:])
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
