@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_pipeline.ipynb #89bf0c75
 from __future__ import annotations
-import json, math, os, re, shutil, socket, time
+import json, math, os, re, shutil, socket, sys, time
 from contextlib import closing, contextmanager, nullcontext
 from collections import Counter
 from dataclasses import dataclass, asdict, field, fields, replace, is_dataclass
@@ -19,7 +19,7 @@ from .trainer import (SubjectArch, TrainJob, TrainConfig, SubjectModelTrainer, s
                                ACTIVATIONS, ENCODINGS, QUANTIZATIONS, INITS, PeakMemory, behaviour, wilson, difference_interval)
 from .extractor import ActivationSignatureExtractor, parse_methods
 from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_zoo, zoo_state, check_writable_parent, check_output,
-                             record_hash, signature_dataset_from, Zoo, StoreLocation, RunLock)
+                             record_hash, signature_dataset_from, Zoo, StoreLocation, RunLock, lock_is_live)
 
 # %% auto #0
 __all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'MAX_YAML_BYTES', 'ModelSection', 'DatasetSection',
@@ -27,7 +27,8 @@ __all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'MAX_Y
            'StoreSection', 'GenerationConfig', 'config_from_dict', 'read_yaml', 'load_config', 'Candidate',
            'make_candidate', 'corruption_region', 'corrupt', 'label_check', 'moved_patterns', 'negatives_kept',
            'repair_check', 'quality', 'build_candidate', 'evaluation_set', 'train_and_judge', 'attempt_rounds',
-           'generate_shard', 'DatasetGenerationPipeline', 'check_scheduler', 'bench_learnability', 'bench_pipeline']
+           'generate_shard', 'check_lease', 'DatasetGenerationPipeline', 'machine_memory', 'resources', 'check_bounds',
+           'check_scheduler', 'bench_learnability', 'bench_pipeline']
 
 # %% ../nbs/04_pipeline.ipynb #5dda77a4
 DEFAULT_CONFIG_YAML = """\
@@ -615,7 +616,16 @@ def _merge_stats(old:dict, new:dict) -> dict:
     out['rejected_by_pattern'] = {k: dict(Counter(old.get('rejected_by_pattern', {}).get(k, {})) + Counter(new.get('rejected_by_pattern', {}).get(k, {}))) for k in r}
     return out
 
-def _shard_task(cfg_dict:dict, shard:int, url:str, sd_content:dict) -> dict:
+def check_lease(loc:StoreLocation, run:str, shard:int):
+    "Refuse to write `shard` unless the run whose lock token is `run` still holds the zoo's lock with a live lease."
+    h = RunLock(loc).holder()
+    if not (h and h.get('run') == run and lock_is_live(h)): raise InterpgenError(
+        f"shard {shard} was not written: the run that asked for it no longer holds the lock {loc.root}.lock (it was stopped or died, "
+        f"or another run took over); run interpgen_generate again to resume")
+
+def _shard_task(cfg_dict:dict, shard:int, url:str, sd_content:dict,
+                run:str|None=None # the lock token of the run that asked (checked before writing); None: no check
+               ) -> dict:
     "Worker entry: make shard `shard` (or only the records an earlier run could not make) and write it into the zoo at `url`; returns its stats."
     cfg = config_from_dict(cfg_dict); loc = StoreLocation(url)
     where = f'{socket.gethostname()}:{os.getpid()}'
@@ -629,6 +639,7 @@ def _shard_task(cfg_dict:dict, shard:int, url:str, sd_content:dict) -> dict:
         f"shard {shard} was not written: the zoo at {url} now holds another config ({str(g.attrs.get('config_hash'))[:12]}..., "
         f"this task's is {cfg.hash[:12]}...); another run replaced it")
     stats = dict(_merge_stats(old, stats) if old else stats, worker=where)
+    if run is not None: check_lease(loc, run, shard)              # a task whose run is gone (a killed client) writes nothing
     write_shard(g, shard, records, stats, update=old is not None)
     return dict(stats, new_records=len(records))
 
@@ -659,12 +670,65 @@ def schema(self:DatasetGenerationPipeline, n_columns:int) -> ZooSchema:
     return ZooSchema(c.size, c.store.chunk_records, c.store.shard_records, ('subject', 'modified') if c.modification else ('subject',),
                      widest.n_params, sum(widest.hidden) + 1, n_columns, max_ex, d.seq_len, len(_sampler(c).pattern_names))
 
+# %% ../nbs/04_pipeline.ipynb #955c191e
+def machine_memory() -> int:
+    "Bytes of memory this process may use: the physical memory, or the cgroup's limit when that is lower."
+    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    try: limit = Path('/sys/fs/cgroup/memory.max').read_text().strip()
+    except OSError: limit = 'max'
+    return min(total, int(limit)) if limit.isdigit() else total
+
+def _gib(b:float) -> str:
+    "Bytes in words: '8.0 KiB', '3.2 GiB'."
+    e = max(0, min(4, int(math.log(max(b, 1), 1024))))
+    return f"{int(b):,} bytes" if e == 0 else f"{b / 1024**e:,.1f} {('', 'KiB', 'MiB', 'GiB', 'TiB')[e]}"
+
+def resources(cfg:GenerationConfig, # the run's config
+              n_columns:int # signature columns (`len(extractor.columns)`)
+             ) -> dict:
+    "Lower bounds, in bytes, of what a run of `cfg` needs: `disk` for the whole zoo and `memory` for one worker."
+    m, d = cfg.model, cfg.dataset
+    arch = lambda i: SubjectArch((m.width[i],) * m.layers[i], m.activations[0], 0.0, m.encoding, d.vocab_size, d.seq_len)
+    n_models = 2 if cfg.modification else 1
+    s = DatasetGenerationPipeline(cfg).schema(n_columns)
+    write = cfg.store.shard_records * n_models * 4 * (s.max_params + s.max_rows * s.n_columns)
+    train = 16 * arch(1).n_params                                 # float32 parameters, gradients and two Adam moments
+    data = s.max_examples * d.seq_len * (d.vocab_size if m.encoding == 'onehot' else 1) * 4
+    disk = cfg.size * n_models * arch(0).n_params                # float32 compressed at most 4x: a byte per parameter
+    return dict(disk=disk, memory=write + train + data,
+                memory_parts=dict(write=write, train=train, data=data))
+
+def check_bounds(cfg:GenerationConfig, # the run's config
+                 n_columns:int, # signature columns
+                 loc:StoreLocation, # where the zoo goes
+                 workers:int=1, # local processes, each needing `memory`
+                 todo:float=1.0 # the share of records still to make (a resume needs less disk)
+                ):
+    "Refuse, naming the key, a run whose lower bounds exceed this machine's memory or the free disk where the zoo goes."
+    r = resources(cfg, n_columns); have = machine_memory()
+    if workers * r['memory'] > have:
+        p = r['memory_parts']; big = max(p, key=p.get)
+        key = dict(write='store.shard_records or model.width/model.layers', train='model.width/model.layers',
+                   data='dataset.max_total_examples')[big]
+        raise InterpgenError(
+            f"the config needs at least {_gib(workers * r['memory'])} of memory ({workers} worker(s) x {_gib(r['memory'])}: "
+            f"models up to {cfg.model.layers[1]} x {cfg.model.width[1]}, shards of {cfg.store.shard_records} records) and this "
+            f"machine has {_gib(have)}; lower {key} (nothing was touched)")
+    if loc.local:
+        free = shutil.disk_usage(next(p for p in (loc.path, *loc.path.parents) if p.exists())).free
+        if r['disk'] * todo > free: raise InterpgenError(
+            f"size={cfg.size:,} needs at least {_gib(r['disk'] * todo)} of disk and {loc.path.parent} has {_gib(free)} free; "
+            f"lower size or the model (model.width/model.layers), or choose another --out (nothing was touched)")
+
+
 # %% ../nbs/04_pipeline.ipynb #8a04dee3
 @patch
 def prepare(self:DatasetGenerationPipeline,
             out, # the zoo: a folder or URL
             overwrite:bool=False, # replace a zoo made with another config
-            lock:RunLock|None=None # the run lock, held by the caller (`run`); None: hold it for this call only
+            lock:RunLock|None=None, # the run lock, held by the caller (`run`); None: hold it for this call only
+            progress:bool=False, # a progress bar while the written shards are verified
+            workers:int=1 # local processes the run will use (each needs the memory `check_bounds` estimates)
            ) -> tuple:
     "Check `out` and create or reopen the zoo there; returns `(path, signature dataset, shards still to make)`."
     c = self.config; loc = StoreLocation(out)
@@ -676,6 +740,9 @@ def prepare(self:DatasetGenerationPipeline,
         if state == 'other': raise InterpgenError(
             f"out={loc.url!r} is not allowed: it exists and is not an interpgen zoo; choose another path (nothing there was touched)")
         sd = self.signature_dataset()                            # every check before anything is deleted
+        same = state == 'zoo' and open_zoo(loc).attrs.get('config_hash') == c.hash
+        todo = 1 - len(open_zoo(loc).written()) / c.size if same else 1.0
+        check_bounds(c, len(_extractor(c, sd).columns), loc, workers, todo)
         if state == 'zoo' and (old := open_zoo(loc).attrs.get('config_hash')) != c.hash:
             if not overwrite: raise InterpgenError(
                 f"out={loc.url!r} holds a zoo made with another config (hash {str(old)[:12]}..., this run's is {c.hash[:12]}...); "
@@ -690,6 +757,11 @@ def prepare(self:DatasetGenerationPipeline,
         zoo = open_zoo(loc)
         check_arg(zoo.attrs['signature']['sha256'] == sd.sha256, 'signature.path', c.signature.path, 'the signature dataset this zoo was made with')
         done = set(zoo.done_shards())
+        if bad := zoo.damaged(progress=progress):                # a resume reads every written shard back and makes damaged ones again
+            shards = sorted({i // zoo.schema.shard_records for i in bad})
+            print(f"{len(bad)} written records are damaged ({next(iter(bad.values()))}); shards {shards} are made again", file=sys.stderr)
+            g = loc.open_group('r+')
+            for s in shards: g['shards'][s] = ''; done.discard(s)
     return loc.path, sd, [s for s in range(zoo.schema.n_shards) if s not in done]
 
 # %% ../nbs/04_pipeline.ipynb #bf31b907
@@ -744,8 +816,10 @@ def run(self:DatasetGenerationPipeline,
     c = self.config; loc = StoreLocation(out)
     if loc.local: check_writable_parent(loc.root)
     with RunLock(loc, config_hash=c.hash) as lock:
-        if scheduler is None: _start_workers(c, loc, workers)
-        path, sd, todo = self.prepare(loc, overwrite, lock=lock)
+        if scheduler is None:
+            check_bounds(c, len(_extractor(c, self.signature_dataset()).columns), loc, workers, todo=0)   # memory, before workers start
+            _start_workers(c, loc, workers)
+        path, sd, todo = self.prepare(loc, overwrite, lock=lock, progress=progress, workers=1 if scheduler else workers)
         zoo = open_zoo(loc); stats = zoo.shard_stats()
         todo = [s for s in todo if stats[s] is None or attempt_rounds(c.quality.max_attempts, max(f['attempts'] for f in stats[s]['failed'].values()))]
         from tqdm.auto import tqdm
@@ -755,7 +829,7 @@ def run(self:DatasetGenerationPipeline,
         def tick(st):
             tot['candidates'] += st['candidates']; tot['rejected'] += st['rejected']
             bar.set_postfix(rejected=f"{tot['rejected'] / max(1, tot['candidates']):.0%}"); bar.update(st['new_records'])
-        tasks = [(c.to_dict(), s, loc.url, sd.content()) for s in todo]      # `_shard_task`'s arguments, one tuple per shard
+        tasks = [(c.to_dict(), s, loc.url, sd.content(), lock.token) for s in todo]   # `_shard_task`'s arguments, one tuple per shard
         if scheduler is not None and tasks:
             from interpgen.distributed import dask_shards       # chapter 04a; imported only when asked, so dask stays optional here
             results = dask_shards(scheduler, tasks)

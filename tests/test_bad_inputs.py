@@ -20,6 +20,14 @@ CONFIGS = {   # name -> the YAML text of a bad config (over the tiny one where i
     'alias bomb': 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n',
     'not YAML': 'size: [1, 2\n', 'binary': b'\x89PNG\r\n\x1a\n\x00\x00\xff\xfe',
 }
+BOUNDS = {   # configs no machine of this kind can run -> the key their error must name
+    'size beyond the disk': ({'size': 10**12}, 'lower size'),
+    'a 64 x 4096 model': ({'model': {'layers': [64, 64], 'width': [4096, 4096]}}, 'model.width/model.layers'),
+    'a billion examples': ({'dataset': {'samples_per_pattern': 10**9, 'max_total_examples': 10**9, 'if_short': 'repeat'}},
+                           'dataset.max_total_examples'),
+    'shards of ten million records': ({'size': 10**7, 'store': {'chunk_records': 1000, 'shard_records': 10**7}}, 'store.shard_records'),
+}
+CONFIGS.update({name: c for name, (c, _) in BOUNDS.items()})
 
 
 @pytest.fixture(scope='module')
@@ -78,6 +86,15 @@ def test_bad_input_is_one_line_and_changes_nothing(folder, name):
     assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, (r.returncode, r.stderr[-3000:])
     assert ': error: ' in lines[0] and lines[0].startswith(BAD[name][0]), lines[0]
     assert tree(folder) == before
+
+
+@pytest.mark.parametrize('name', list(BOUNDS))
+def test_a_config_too_large_is_refused_by_its_key(folder, name):
+    "Bounds before work: the estimate refuses it in seconds, naming the key to lower, and no zoo is created."
+    i = list(CONFIGS).index(name)
+    r = cli('interpgen_generate', '--config', f'c{i}.yaml', '--out', 'new.zarr', '--workers', '2', '--quiet', check=False, cwd=folder, timeout=60)
+    assert r.returncode == 2 and BOUNDS[name][1] in r.stderr and 'nothing was touched' in r.stderr, r.stderr[-2000:]
+    assert not (folder / 'new.zarr').exists()
 
 
 def test_enough_bad_inputs():

@@ -134,3 +134,21 @@ def test_memory_url_store(ref, client):
         DatasetGenerationPipeline(CFG).run('memory://tests/other.zarr', scheduler=client, progress=False)
     with pytest.raises(InterpgenError, match='needs|pip install|is not allowed'):
         DatasetGenerationPipeline(CFG).run('nosuchprotocol://bucket/zoo.zarr', progress=False)
+
+
+def test_a_task_whose_run_is_gone_writes_nothing(client, tmp_path):
+    "A killed client's tasks run on in the cluster; each checks its run's lease before writing, and writes nothing once the run is gone."
+    from interpgen.distributed import _dask_shard_task
+    from interpgen.store import RunLock
+    out = tmp_path / 'zoo.zarr'; pipe = DatasetGenerationPipeline(CFG)
+    _, sd, _ = pipe.prepare(out)
+    lock = RunLock(out).acquire()
+    task = lambda shard: client.submit(_dask_shard_task, pipe.config.to_dict(), shard, str(out), sd.content(), lock.token, pure=False).result()
+    assert 'error' not in task(0)                                    # the run holds its lock: its task writes
+    lock.release()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
+    Path(f'{out}.lock').write_text(json.dumps(dict(run=lock.token, host=socket.gethostname(), pid=int(dead), expires=time.time() + 60)))
+    assert 'no longer holds the lock' in task(1)['error']            # as a SIGKILLed client leaves it: its lock, its process gone
+    Path(f'{out}.lock').unlink()
+    assert 'no longer holds the lock' in task(2)['error']            # no lock at all
+    assert open_zoo(out).done_shards() == [0] and open_zoo(out).shard_stats()[1:3] == [None, None]
