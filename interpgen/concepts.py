@@ -9,10 +9,10 @@ __all__ = ['DEFAULT_TEMPLATES', 'TINY_COUNTRIES', 'ROLES', 'SITES', 'RELATED_PRO
            'show_rows', 'find_blocks', 'block_parts', 'tensor_in', 'tensor_out', 'Capture', 'pad_batch',
            'collect_batch', 'max_batch_diff', 'concept_key', 'parse_concepts', 'derive_seed', 'chat', 'Related',
            'related_concepts', 'ConceptConfig', 'tokenizer_json', 'config_hash', 'versions', 'provenance', 'Plan',
-           'plan_rows', 'create_store', 'collection_hash', 'store_lock', 'collect_concepts', 'open_store', 'load_rows',
-           'load_acts', 'CheckReport', 'store_tokenizer', 'check_store', 'parse_layers', 'model_n_layers',
-           'interpgen_concepts', 'run_cli', 'interpgen_concepts_main', 'bench_config', 'bench_one',
-           'interpgen_concepts_bench']
+           'plan_rows', 'create_store', 'collection_hash', 'store_lock', 'block_sha256', 'collect_concepts',
+           'open_store', 'load_rows', 'check_complete', 'load_acts', 'CheckReport', 'store_tokenizer', 'check_store',
+           'parse_layers', 'model_n_layers', 'interpgen_concepts', 'run_cli', 'interpgen_concepts_main', 'bench_config',
+           'bench_one', 'interpgen_concepts_bench']
 
 # %% ../nbs/06_concepts.ipynb #08dba4b7
 import os, re, sys, json, time, shutil, hashlib, warnings, importlib.util, importlib.metadata, contextlib, resource, subprocess, tempfile
@@ -616,7 +616,12 @@ def create_store(out:Path, lm:LM, cfg:ConceptConfig, concepts:list, plan:Plan, i
     "Create the Zarr store `out` (built beside it, then renamed): row table, questions, names, tokenizer, empty activation arrays, attributes."
     tmp = out.with_name(f'.{out.name}.creating')
     shutil.rmtree(tmp, ignore_errors=True)
-    g = zarr.open_group(str(tmp), mode='w', zarr_format=3)
+    try: _fill_store(zarr.open_group(str(tmp), mode='w', zarr_format=3), lm, cfg, concepts, plan, info); tmp.rename(out)
+    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise          # a full disk or Ctrl-C leaves nothing behind
+    return zarr.open_group(str(out), mode='r+', zarr_format=3)
+
+def _fill_store(g, lm:LM, cfg:ConceptConfig, concepts:list, plan:Plan, info:dict):
+    "Write everything `create_store` puts in a new store into the group `g`."
     rt, layers = plan.row_table(), list(cfg.layers)
     for k, v in rt.items(): g.create_array(f'rows/{k}', data=v, chunks=(max(1, min(len(v), 1 << 16)),))
     _strings(g, 'rows/concept', [concepts[c] for c in rt['concept_id']])
@@ -634,10 +639,10 @@ def create_store(out:Path, lm:LM, cfg:ConceptConfig, concepts:list, plan:Plan, i
     for s in cfg.sites:
         g.create_array(f'acts/{s}', shape=(R, len(layers), dims[s]), dtype=cfg.dtype, chunks=(cr, 1, dims[s]),
                        shards=(cr, len(layers), dims[s]), fill_value=0, dimension_names=('row', 'layer', 'd'))
+        nb = max(1, -(-R // cr))                                 # one sha256 per block of `cr` rows and layer, set once the block is written
+        g.create_array(f'acts_sha256/{s}', shape=(nb, len(layers)), dtype=str, chunks=(nb, len(layers)), fill_value='')
     g.attrs['interpgen'] = info | dict(site_dims=dims, chunk_rows=cr, n_rows=R, n_questions=len(qs), n_layers_model=lm.n_layers,
                                        sites_doc={s: SITES[s] for s in cfg.sites}, rows_done=0, complete=False)
-    tmp.rename(out)
-    return zarr.open_group(str(out), mode='r+', zarr_format=3)
 
 # %% ../nbs/06_concepts.ipynb #243caab4
 def collection_hash(cfg:ConceptConfig, prov:dict)->str:
@@ -656,13 +661,26 @@ def store_lock(out:Path):
             try: pid = int(lock.read_text() or 0); os.kill(pid, 0)
             except (ValueError, ProcessLookupError, FileNotFoundError): lock.unlink(missing_ok=True); continue
             except PermissionError: pass
-            raise RuntimeError(f"store {out} is being written by process {pid} (lock {lock})")
-    else: raise RuntimeError(f"cannot take the lock {lock}")
+            raise InterpgenError(f"out={str(out)!r} is being written by process {pid} (lock {lock}): wait for it to finish, or stop it "
+                                 f"and run this again to resume (nothing was touched)")
+    else: raise InterpgenError(f"cannot take the lock {lock}: remove it if no interpgen_concepts run is writing {out}")
     os.write(fd, str(os.getpid()).encode()); os.close(fd)
     try: yield
     finally: lock.unlink(missing_ok=True)
 
 # %% ../nbs/06_concepts.ipynb #2051e107
+def block_sha256(a:np.ndarray)->str:
+    "sha256 of one stored block of activations (its rows at one layer): dtype, shape and bytes."
+    a = np.ascontiguousarray(a); return hashlib.sha256(f'{a.dtype.str}{a.shape}'.encode() + a.tobytes()).hexdigest()
+
+def _hash_blocks(g, site, lo, hi, cr, R):
+    "Read back every block of `site` that the rows `lo..hi-1` just completed and store its hash per layer."
+    arr, sha = g[f'acts/{site}'], g[f'acts_sha256/{site}']
+    for b in range(lo // cr, -(-hi // cr)):
+        a, e = b * cr, min((b + 1) * cr, R)
+        if e > hi: continue                                      # the block is finished by a later flush
+        blk = arr[a:e]; sha[b] = np.array([block_sha256(blk[:, j]) for j in range(blk.shape[1])], dtype=object)
+
 def _write_rows(g, plan:Plan, lm:LM, cfg:ConceptConfig, progress:bool=True, max_batches:int=None)->int:
     "Fill `g`'s activation arrays batch by batch from the first unfinished batch; return the number of batches run."
     info = g.attrs['interpgen']; done, cr, R = info['rows_done'], info['chunk_rows'], info['n_rows']
@@ -672,6 +690,7 @@ def _write_rows(g, plan:Plan, lm:LM, cfg:ConceptConfig, progress:bool=True, max_
         nonlocal lo
         for s in cfg.sites:
             a = np.concatenate(buf[s]); arrs[s][lo:hi] = a[:hi - lo]; buf[s] = [a[hi - lo:]]
+            _hash_blocks(g, s, lo, hi, cr, R)
         g.attrs['interpgen'] = g.attrs['interpgen'] | dict(rows_done=hi); lo = hi
     n, tokens, t0 = 0, 0, time.time()
     with Capture(lm.model, cfg.sites, cfg.layers) as cap, tqdm(total=len(plan.batches), initial=b0, disable=not progress, desc='batches') as bar:
@@ -720,7 +739,7 @@ def _concepts(lm, cfg, progress):
     "The concepts of a new collection (target first) and a record of how the controls were chosen."
     if cfg.controls is not None: return [cfg.concept, *cfg.controls], dict(source='user')
     rel = related_concepts(lm, cfg.concept, cfg.n_concepts, cfg.category, cfg.seed, progress=progress)
-    if not rel.concepts: raise RuntimeError(f"the model found no {cfg.category} related to {cfg.concept!r}; give the control concepts instead")
+    if not rel.concepts: raise InterpgenError(f"the model found no {cfg.category} related to {cfg.concept!r}; give the control concepts instead")
     return [cfg.concept, *rel.concepts], dict(source='model', n_requested=rel.n, n_found=len(rel.concepts), seed=rel.seed,
                                               prompt=rel.prompt, answers=rel.answers)
 
@@ -744,7 +763,7 @@ def _is_concept_store(p) -> bool:
 def _replan(g, lm, cfg):
     "The plan of the stored collection, recomputed from its concepts, and checked against its row table."
     plan = plan_rows(lm.tokenizer, list(g['concepts'][:]), cfg)
-    if not np.array_equal(plan.row_table()['position'], g['rows/position'][:]): raise RuntimeError(f"store {g.store} does not match its own plan: its rows differ from a re-tokenization")
+    if not np.array_equal(plan.row_table()['position'], g['rows/position'][:]): raise InterpgenError(f"the concept store {g.store} is damaged: its row table differs from a re-tokenization of its questions; collect it again (--overwrite)")
     return plan
 
 # %% ../nbs/06_concepts.ipynb #3691ef7b
@@ -758,12 +777,31 @@ def load_rows(path)->dict:
     rows = {k: g[f'rows/{k}'][:] for k in [*_ROW_FIELDS, 'concept']}
     return rows | dict(role_name=np.array(ROLES)[rows['role']])
 
+def check_complete(g, path):
+    "Raise `InterpgenError` unless the store `g` (at `path`) is complete: 'k of n rows written', and how to finish it."
+    info = g.attrs['interpgen']
+    if not info.get('complete'): raise InterpgenError(
+        f"{path}: {info['rows_done']} of {info['n_rows']} rows written, so the store is not complete: run the same interpgen_concepts "
+        f"command again to finish it")
+
+def _damaged_block(g, path, site, b, j, cr, n):
+    f = f"acts/{site}/c/{b}/0/0"; gone = not (Path(path)/f).exists()
+    return InterpgenError(f"the concept store {path} is damaged: rows {b * cr}..{b * cr + n - 1} of acts/{site} at layer index {j} do not match "
+                          f"their stored hash ({'missing' if gone else 'changed'} file {f}); collect it again (interpgen_concepts with --overwrite)")
+
 def load_acts(path, site:str, layer:int)->np.ndarray:
-    "Activations of `site` at model layer `layer` for every row  # [rows, d]"
-    g = open_store(path)
+    "Activations of `site` at model layer `layer` for every row, each block checked against its stored hash  # [rows, d]"
+    g = open_store(path); check_complete(g, path)
     layers = g['layers'][:].tolist()
     if layer not in layers: raise ValueError(f"layer={layer!r} is not allowed: the store holds layers {layers}")
-    return g[f'acts/{site}'][:, layers.index(layer)]
+    sites = list(g.attrs['interpgen']['site_dims'])
+    if site not in sites: raise ValueError(f"site={site!r} is not allowed: the store holds sites {sites}")
+    j, cr = layers.index(layer), g.attrs['interpgen']['chunk_rows']
+    a, sha = g[f'acts/{site}'][:, j], g[f'acts_sha256/{site}'][:, j]
+    for b, h in enumerate(sha):
+        blk = a[b * cr:(b + 1) * cr]
+        if len(blk) and block_sha256(blk) != h: raise _damaged_block(g, path, site, b, j, cr, len(blk))
+    return a
 
 # %% ../nbs/06_concepts.ipynb #fd7870eb
 @dataclass
@@ -837,6 +875,16 @@ def _check_coverage(g, info, rows):
                if not ((rows['template_id'] == t) & (rows['is_target'] == tgt) & (rows['role'] == ROLES.index(r))).any()]
     return not missing, ('missing rows: ' + '; '.join(missing[:5])) if missing else f"all {T} templates have rows of every role ({', '.join(roles)}) for target and controls"
 
+def _check_integrity(g, info, rows):
+    bad, cr, R = [], info['chunk_rows'], info['rows_done']
+    for s in info['site_dims']:
+        arr, sha = g[f'acts/{s}'], g[f'acts_sha256/{s}'][:]
+        for b in range(R // cr + (R == info['n_rows'] and R % cr > 0)):            # the blocks written in full
+            blk = arr[b * cr:(b + 1) * cr]
+            bad += [str(_damaged_block(g, g.store.root, s, b, j, cr, len(blk))).split(': ', 1)[1] for j in range(blk.shape[1]) if block_sha256(blk[:, j]) != sha[b, j]]
+    more = f" (and {len(bad) - 2} more blocks)" if len(bad) > 2 else ''
+    return not bad, '; '.join(bad[:2]) + more or f"every written block of every site and layer matches its stored sha256"
+
 def _check_finite(g, info, rows):
     bad = {}
     for s in info['site_dims']:
@@ -856,7 +904,7 @@ def check_store(path, # a concept store
     try: rows = {k: g[f'rows/{k}'][:] for k in _ROW_FIELDS}
     except Exception as e: return CheckReport(str(path), [('layout', False, f"row table unreadable ({type(e).__name__}: {e})")])
     checks = [('complete', _check_complete), ('shapes', _check_shapes), ('tokens', _check_tokens), ('balance', _check_balance),
-              ('coverage', _check_coverage)] + ([('finite', _check_finite)] if finite else [])
+              ('coverage', _check_coverage), ('integrity', _check_integrity)] + ([('finite', _check_finite)] if finite else [])
     for name, f in checks:
         try: ok, msg = f(g, info) if f in (_check_complete, _check_shapes) else f(g, info, rows)
         except Exception as e: ok, msg = False, f"could not check: {type(e).__name__}: {e}"

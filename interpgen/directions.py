@@ -10,15 +10,15 @@ __all__ = ['METHODS', 'DIRECTIONS_FILES', 'Rows', 'select_rows', 'row_acts', 'me
            'interpgen_directions', 'interpgen_directions_main']
 
 # %% ../nbs/07_directions.ipynb #bc38bfe3
-import os, re, sys, json, time, contextlib
+import os, re, shutil, sys, json, time, contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
 from fastcore.script import call_parse
 from safetensors.torch import save_file, safe_open
-from .concepts import (open_store, load_rows, load_acts, load_lm, find_blocks, block_parts, tensor_in, tensor_out,
+from .concepts import (open_store, check_complete, load_rows, load_acts, load_lm, find_blocks, block_parts, tensor_in, tensor_out,
                                 pad_batch, Encoded, SITES, ROLES, versions, run_cli, _SITE_HOOK)
-from .store import check_output
+from .store import check_output, temp_sibling, replace_path
 
 # %% ../nbs/07_directions.ipynb #17968475
 @dataclass
@@ -193,7 +193,7 @@ def fit_directions(path, # a concept store
                    layers=None, # model layers; default all in the store
                   )->Directions:
     "Fit and score `methods` at every layer of `sites` of the store at `path`, on held-out templates and control concepts."
-    g = open_store(path); info = g.attrs['interpgen']
+    g = open_store(path); info = g.attrs['interpgen']; check_complete(g, path)
     have, stored = list(info['site_dims']), g['layers'][:].tolist()
     sites = list(have if sites is None else sites)
     if isinstance(sites, str) or not sites or any(s not in have for s in sites): raise ValueError(f"sites={sites!r} is not allowed: choose from the store's sites {have}")
@@ -248,7 +248,11 @@ def save_directions(res:Directions, # results of `fit_directions`
             meta = {k: json.dumps(v) for k, v in res.meta.items()} | dict(site=s, method=m, site_doc=SITES.get(s, ''),
                     scores=json.dumps(scores), format='interpgen.directions/1')
             p = out/f'{s}.{m}.safetensors'
-            save_file({str(l): torch.from_numpy(np.ascontiguousarray(v)) for l, v in by_l.items()}, str(p), metadata=meta)
+            try: save_file({str(l): torch.from_numpy(np.ascontiguousarray(v)) for l, v in by_l.items()}, str(p), metadata=meta)
+            except Exception as e:                                 # safetensors reports a full disk as its own error: make it the OSError it is
+                code = re.search(r'os error (\d+)', str(e))
+                if code is None: raise
+                raise OSError(int(code[1]), os.strerror(int(code[1])), str(p)) from None
             paths.append(p)
     return paths
 
@@ -393,9 +397,9 @@ def plot_norms(path, # a concept store
     sites = sites or list(g.attrs['interpgen']['site_dims']); P = np.unique(r['position'])
     fig, axs = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 3.4), squeeze=False)
     for ax, s in zip(axs[0], sites):
-        a = g[f'acts/{s}']; M = np.zeros((len(layers), len(P)))
-        for j in range(len(layers)):
-            n = np.linalg.norm(a[:, j].astype(np.float32), axis=1)
+        M = np.zeros((len(layers), len(P)))
+        for j, l in enumerate(layers):
+            n = np.linalg.norm(load_acts(path, s, l).astype(np.float32), axis=1)
             M[j] = [n[r['position'] == p].mean() for p in P]
         im = ax.imshow(M, aspect='auto', origin='lower', cmap='viridis', extent=(P[0] - .5, P[-1] + .5, -.5, len(layers) - .5))
         ax.set_title(s); ax.set_xlabel('token position (stored rows)'); ax.set_ylabel('layer index in store'); fig.colorbar(im, ax=ax, label='mean |x|')
@@ -437,7 +441,15 @@ def interpgen_directions(
     if not (Path(store)/'zarr.json').exists(): raise ValueError(f"store={store!r} is not allowed: it is not a Zarr concept store")
     check_output(out, 'directions folder', inputs=[store], overwrite=True, is_kind=_is_directions_out)   # before any work
     res = fit_directions(store, sites and [s.strip() for s in sites.split(',')], [m.strip() for m in methods.split(',')], role, n_folds, seed)
-    out = Path(out); save_directions(res, out/'directions')
+    final = Path(out).absolute(); final.parent.mkdir(parents=True, exist_ok=True)
+    out = temp_sibling(final)                                      # written beside `final`, moved into place once whole
+    try: md = _write_outputs(res, out, store, model, alpha, role, n_folds, seed, n_random); replace_path(out, final)
+    finally: shutil.rmtree(out, ignore_errors=True)
+    print(md); return 0
+
+def _write_outputs(res, out:Path, store, model, alpha, role, n_folds, seed, n_random) -> str:
+    "Write directions, causal checks, results and plots into the folder `out`; return the results in markdown."
+    save_directions(res, out/'directions')
     causal = []
     if model:
         lm = load_lm(model); _check_model(lm, store); s = res.best()['site']
@@ -450,7 +462,7 @@ def interpgen_directions(
     (out/'results.md').write_text(md + '\n')
     for name, fig in [('accuracy', plot_accuracy(res)), ('auroc', plot_accuracy(res, 'auroc')), ('projection', plot_projection(res)), ('norms', plot_norms(store, list(res.directions)))]:
         fig.savefig(out/f'{name}.png', dpi=110); import matplotlib.pyplot as plt; plt.close(fig)
-    print(md); return 0
+    return md
 
 def interpgen_directions_main():
     "Console entry point of `interpgen_directions`."

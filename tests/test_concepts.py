@@ -7,6 +7,7 @@ import numpy as np, pytest, torch, zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from interpgen import concepts as C  # noqa: E402
+from interpgen.sampler import InterpgenError  # noqa: E402
 
 ENV = os.environ | {'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), 'HF_HUB_OFFLINE': '1'}
 
@@ -194,7 +195,7 @@ def test_store_refuses_other_collection_and_overwrites(tmp_path, concepts_llama)
 
 def test_live_lock_blocks_second_writer(tmp_path, concepts_llama):
     (tmp_path/'s.zarr.lock').write_text(str(os.getpid()))  # a live process (this one) holds it
-    with pytest.raises(RuntimeError, match='being written by process'):
+    with pytest.raises(InterpgenError, match='being written by process'):
         C.collect_concepts(concepts_llama, _cfg(), tmp_path/'s.zarr', progress=False)
     (tmp_path/'s.zarr.lock').write_text('999999999')          # a dead process: taken over
     C.collect_concepts(concepts_llama, _cfg(), tmp_path/'s.zarr', progress=False)
@@ -228,7 +229,7 @@ def _tamper(src, dst, fn):
 
 def test_check_passes_and_reports(concepts_store):
     r = C.check_store(concepts_store)
-    assert r.ok and [n for n, *_ in r.results] == ['complete', 'shapes', 'tokens', 'balance', 'coverage', 'finite']
+    assert r.ok and [n for n, *_ in r.results] == ['complete', 'shapes', 'tokens', 'balance', 'coverage', 'integrity', 'finite']
     assert 'target: 5 questions' in str(r)
 
 
@@ -251,7 +252,7 @@ def test_check_fails_shapes_balance_coverage_finite(tmp_path, concepts_store):
     r = _tamper(concepts_store, tmp_path/'c.zarr', no_template_0)
     assert 'coverage' in r.failed and 'missing rows: template 0' in str(r)
     def nan(g): a = g['acts/attn_out'][:5]; a[2, 1, 3] = np.nan; g['acts/attn_out'][:5] = a
-    assert _tamper(concepts_store, tmp_path/'d.zarr', nan).failed == ['finite']
+    assert _tamper(concepts_store, tmp_path/'d.zarr', nan).failed == ['integrity', 'finite']   # the changed block no longer matches its hash either
     assert C.check_store(tmp_path/'missing.zarr').failed == ['layout']
 
 
@@ -393,3 +394,36 @@ def test_cli_default_model_offline(tmp_path, concepts_smol):
     assert info['provenance']['model'] == C.DEFAULT_MODEL and info['provenance']['revision'].startswith('gguf-sha256:')
     assert g['acts/resid_post'].shape[1:] == (3, 576) and g['acts/resid_post'].dtype == np.float16
     assert 'all passed' in r.stdout, r.stdout
+
+
+# ---------- damaged, partial and shared stores, through the console scripts ----------
+
+def _directions(tmp_path, store, *args):
+    script = tmp_path/'directions_cli.py'
+    script.write_text("import sys\nfrom interpgen.directions import interpgen_directions_main\nsys.exit(interpgen_directions_main())\n")
+    return subprocess.run([sys.executable, str(script), str(store), '--out', str(tmp_path/'dirs'), '--n-folds', '2', '--threads', '1', *args],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+
+def _only_line(r, code=2):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == code and len(lines) == 1 and 'Traceback' not in r.stderr, (r.returncode, r.stderr[-3000:])
+    return lines[0]
+
+def test_damaged_partial_and_busy_stores_are_one_line(tmp_path, concepts_llama, concepts_tiny_dir):
+    whole = C.collect_concepts(concepts_llama, _cfg(), tmp_path/'whole.zarr', progress=False)
+    bad = tmp_path/'deleted.zarr'; shutil.copytree(whole, bad)
+    (bad/'acts/mlp_in/c/1/0/0').unlink()                               # one shard file: rows 8..15 at every layer
+    r = _cli(tmp_path, '--check', bad)
+    assert r.returncode == 1 and 'FAIL  integrity' in r.stdout, r.stdout[-2000:]
+    line = _only_line(_directions(tmp_path, bad, '--sites', 'mlp_in'))
+    assert 'acts/mlp_in/c/1/0/0' in line and 'damaged' in line, line
+    assert not (tmp_path/'dirs').exists()
+    part = C.collect_concepts(concepts_llama, _cfg(), tmp_path/'part.zarr', progress=False, max_batches=2)
+    g = C.open_store(part); n = g.attrs['interpgen']['n_rows']
+    line = _only_line(_directions(tmp_path, part, '--sites', 'mlp_in'))
+    assert f"of {n} rows written" in line and 'interpgen_concepts' in line, line
+    assert not (tmp_path/'dirs').exists()
+    (tmp_path/'busy.zarr.lock').write_text(str(os.getpid()))          # a live process (this one) is writing it
+    line = _only_line(_cli(tmp_path, '--concept', 'France', '--concepts', 'Chad', '--model', concepts_tiny_dir, '--out', tmp_path/'busy.zarr', '--quiet'))
+    assert 'is being written by process' in line, line
+    assert not (tmp_path/'busy.zarr').exists()
