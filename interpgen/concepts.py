@@ -26,7 +26,7 @@ from fastcore.basics import patch
 from fastcore.script import call_parse, anno_parser
 from .formatter import DEFAULT_MODEL, BUILTIN_GGUF, cache_dir, builtin_gguf
 from .store import check_output
-from .sampler import InterpgenError, command_errors
+from .sampler import InterpgenError, command_errors, remove_tree
 
 # %% ../nbs/06_concepts.ipynb #4e51530d
 DEFAULT_TEMPLATES = ("What is the capital of {concept}?",
@@ -617,7 +617,7 @@ def create_store(out:Path, lm:LM, cfg:ConceptConfig, concepts:list, plan:Plan, i
     tmp = out.with_name(f'.{out.name}.creating')
     shutil.rmtree(tmp, ignore_errors=True)
     try: _fill_store(zarr.open_group(str(tmp), mode='w', zarr_format=3), lm, cfg, concepts, plan, info); tmp.rename(out)
-    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise          # a full disk or Ctrl-C leaves nothing behind
+    except BaseException: remove_tree(tmp); raise                                # a full disk or Ctrl-C leaves nothing behind
     return zarr.open_group(str(out), mode='r+', zarr_format=3)
 
 def _fill_store(g, lm:LM, cfg:ConceptConfig, concepts:list, plan:Plan, info:dict):

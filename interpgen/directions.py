@@ -19,6 +19,7 @@ from safetensors.torch import save_file, safe_open
 from .concepts import (open_store, check_complete, load_rows, load_acts, load_lm, find_blocks, block_parts, tensor_in, tensor_out,
                                 pad_batch, Encoded, SITES, ROLES, versions, run_cli, _SITE_HOOK)
 from .store import check_output, temp_sibling, replace_path
+from .sampler import remove_tree
 
 # %% ../nbs/07_directions.ipynb #17968475
 @dataclass
@@ -444,7 +445,7 @@ def interpgen_directions(
     final = Path(out).absolute(); final.parent.mkdir(parents=True, exist_ok=True)
     out = temp_sibling(final)                                      # written beside `final`, moved into place once whole
     try: md = _write_outputs(res, out, store, model, alpha, role, n_folds, seed, n_random); replace_path(out, final)
-    finally: shutil.rmtree(out, ignore_errors=True)
+    finally: remove_tree(out)
     print(md); return 0
 
 def _write_outputs(res, out:Path, store, model, alpha, role, n_folds, seed, n_random) -> str:

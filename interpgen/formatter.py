@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler
+from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler, remove_tree
 from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state, init_params
 from .extractor import ActivationSignature
 from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, check_output, temp_sibling, replace_path, _quantiles
@@ -474,7 +474,7 @@ def export_examples(store, # a zoo path or an open `Zoo`
         (tmp/'export_info.json').write_text(json.dumps(info, indent=1))
         replace_path(tmp, out)
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists(): remove_tree(tmp)
     return info
 
 # %% ../nbs/05_formatter.ipynb #b359ff47

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_sampler.ipynb #66f30841
 from __future__ import annotations
-import errno, hashlib, json, math, os, string, sys
+import errno, hashlib, json, math, os, shutil, string, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,9 +15,9 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['LETTERS', 'ENUMERATE_LIMIT', 'PATTERNS', 'VOWELS', 'IF_SHORT', 'InterpgenError', 'check_arg', 'command_errors',
-           'write_atomic', 'to_strings', 'from_strings', 'SequenceSpace', 'Pattern', 'register_pattern', 'get_patterns',
-           'contains', 'starts_with', 'ends_with', 'membership', 'draw_positives', 'uniformity_check', 'PatternDataset',
-           'PatternDatasetSampler', 'content_hash', 'SignatureDataset', 'save_signature_dataset',
+           'write_atomic', 'remove_tree', 'to_strings', 'from_strings', 'SequenceSpace', 'Pattern', 'register_pattern',
+           'get_patterns', 'contains', 'starts_with', 'ends_with', 'membership', 'draw_positives', 'uniformity_check',
+           'PatternDataset', 'PatternDatasetSampler', 'content_hash', 'SignatureDataset', 'save_signature_dataset',
            'load_signature_dataset']
 
 # %% ../nbs/00_sampler.ipynb #107f1924
@@ -57,6 +57,16 @@ def write_atomic(path, # the file to write
     try:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data); os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
+
+def remove_tree(path, # a folder that must go (a temporary one, after a failure)
+                seconds:float=5.0): # how long writes still in flight may go on putting files back
+    "Delete the folder `path` for good. After a failed write, zarr's other writes of the same call can still be landing from its own thread, so delete until nothing is left."
+    path, t = Path(path), time.monotonic()
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists(): return
+        if time.monotonic() - t > seconds: shutil.rmtree(path); return     # raises, with the reason
+        time.sleep(0.05)
 
 
 # %% ../nbs/00_sampler.ipynb #2540295d

@@ -16,7 +16,7 @@ import torch
 import zarr
 from fastcore.basics import patch
 from .sampler import (InterpgenError, check_arg, PatternDataset, SignatureDataset, from_strings, to_strings,
-                               content_hash)
+                               content_hash, remove_tree)
 from .trainer import SubjectArch, SubjectModel, unflatten_state, wilson
 from .extractor import ActivationSignature, SignatureLayout
 
@@ -259,7 +259,7 @@ def create_zoo(path, # the store to create (a folder or URL with nothing there, 
         g.attrs.update(attrs)
         os.rename(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        remove_tree(tmp); raise
     return loc.open_group('r+')
 
 # %% ../nbs/03_store.ipynb #d352260f

@@ -157,3 +157,15 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     from interpgen.store import open_zoo
     assert open_zoo(tmp_path / 'z.zarr').info()['written'] == 64
+
+
+@pytest.mark.parametrize('after', [0.1, 0.4, 1.0, 2.5])
+def test_ctrl_c_at_start_up_is_one_line(tmp_path, after):
+    "Ctrl-C while the command is still importing torch (or just after): the same one line as later, exit 2, no traceback."
+    import os, signal
+    cfg = tmp_path / 'c.yaml'; cfg.write_text(yaml.safe_dump(tiny_config(16, 9)))
+    p = subprocess.Popen([shutil.which('interpgen_generate'), '--config', cfg, '--out', tmp_path / 'z.zarr', '--quiet'],
+                         env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(after); os.killpg(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 2 and err.strip() == 'interpgen_generate: interrupted; run the same command to resume', (p.returncode, err[-2000:])
