@@ -678,7 +678,7 @@ def machine_memory() -> int:
     except OSError: limit = 'max'
     return min(total, int(limit)) if limit.isdigit() else total
 
-def _gib(b:float) -> str:
+def _size(b:float) -> str:
     "Bytes in words: '8.0 KiB', '3.2 GiB'."
     e = max(0, min(4, int(math.log(max(b, 1), 1024))))
     return f"{int(b):,} bytes" if e == 0 else f"{b / 1024**e:,.1f} {('', 'KiB', 'MiB', 'GiB', 'TiB')[e]}"
@@ -711,13 +711,13 @@ def check_bounds(cfg:GenerationConfig, # the run's config
         key = dict(write='store.shard_records or model.width/model.layers', train='model.width/model.layers',
                    data='dataset.max_total_examples')[big]
         raise InterpgenError(
-            f"the config needs at least {_gib(workers * r['memory'])} of memory ({workers} worker(s) x {_gib(r['memory'])}: "
+            f"the config needs at least {_size(workers * r['memory'])} of memory ({workers} worker(s) x {_size(r['memory'])}: "
             f"models up to {cfg.model.layers[1]} x {cfg.model.width[1]}, shards of {cfg.store.shard_records} records) and this "
-            f"machine has {_gib(have)}; lower {key} (nothing was touched)")
+            f"machine has {_size(have)}; lower {key} (nothing was touched)")
     if loc.local:
         free = shutil.disk_usage(next(p for p in (loc.path, *loc.path.parents) if p.exists())).free
         if r['disk'] * todo > free: raise InterpgenError(
-            f"size={cfg.size:,} needs at least {_gib(r['disk'] * todo)} of disk and {loc.path.parent} has {_gib(free)} free; "
+            f"size={cfg.size:,} needs at least {_size(r['disk'] * todo)} of disk and {loc.path.parent} has {_size(free)} free; "
             f"lower size or the model (model.width/model.layers), or choose another --out (nothing was touched)")
 
 
@@ -740,10 +740,10 @@ def prepare(self:DatasetGenerationPipeline,
         if state == 'other': raise InterpgenError(
             f"out={loc.url!r} is not allowed: it exists and is not an interpgen zoo; choose another path (nothing there was touched)")
         sd = self.signature_dataset()                            # every check before anything is deleted
-        same = state == 'zoo' and open_zoo(loc).attrs.get('config_hash') == c.hash
-        todo = 1 - len(open_zoo(loc).written()) / c.size if same else 1.0
-        check_bounds(c, len(_extractor(c, sd).columns), loc, workers, todo)
-        if state == 'zoo' and (old := open_zoo(loc).attrs.get('config_hash')) != c.hash:
+        prev = open_zoo(loc) if state == 'zoo' else None
+        old = prev.attrs.get('config_hash') if prev is not None else None
+        check_bounds(c, len(_extractor(c, sd).columns), loc, workers, todo=1 - len(prev.written()) / c.size if old == c.hash else 1.0)
+        if prev is not None and old != c.hash:
             if not overwrite: raise InterpgenError(
                 f"out={loc.url!r} holds a zoo made with another config (hash {str(old)[:12]}..., this run's is {c.hash[:12]}...); "
                 f"pass --overwrite to replace it, or choose another --out (nothing was touched)")
