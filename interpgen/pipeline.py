@@ -768,8 +768,9 @@ def prepare(self:DatasetGenerationPipeline,
 def _pool_shards(workers:int, tasks:list):
     "Run `_shard_task(*t)` for every `t` on `workers` local processes; yields each shard's stats as it finishes."
     from concurrent.futures import as_completed
-    futs = [worker_pool(workers).submit(_shard_task, *t) for t in tasks]
+    futs = []
     try:
+        futs += [worker_pool(workers).submit(_shard_task, *t) for t in tasks]
         for f in as_completed(futs): yield f.result()
     except BaseException:                                          # Ctrl-C, a failed shard, a lost lock: stop the shards in flight now
         terminate_pools(); raise
@@ -784,7 +785,9 @@ def _warm(cfg_dict:dict) -> int:
 def _start_workers(c:GenerationConfig, loc:StoreLocation, workers:int):
     "Start a new zoo's pool now: its workers import torch and build their samplers while this process prepares the zoo."
     if workers > 1 and -(-c.size // c.store.shard_records) > 1 and zoo_state(loc) == 'missing':
-        for _ in range(workers): worker_pool(workers).submit(_warm, c.to_dict())
+        try:
+            for _ in range(workers): worker_pool(workers).submit(_warm, c.to_dict())
+        except BaseException: terminate_pools(); raise             # Ctrl-C while the pool starts
 
 def check_scheduler(scheduler):
     "Refuse, before any work, a scheduler that is neither an address such as `tcp://host:8786` nor a scheduler file (`.json`)."

@@ -845,7 +845,8 @@ def _run_batch(args):
     return _finish(jobs, cfg, *train_batch(jobs, cfg, on_epoch=share_idle_cores))
 
 # %% ../nbs/01_trainer.ipynb #e3f2035f
-import multiprocessing as mp
+import contextlib, multiprocessing as mp
+from multiprocessing import forkserver, resource_tracker
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 _POOLS: dict = {}
@@ -860,6 +861,13 @@ def _pool_context():
     if w not in os.environ.get('PYTHONWARNINGS', ''): os.environ['PYTHONWARNINGS'] = ','.join(x for x in (os.environ.get('PYTHONWARNINGS'), w) if x)
     if 'forkserver' not in mp.get_all_start_methods(): return mp.get_context('spawn')
     ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['interpgen.pipeline'])
+    # Ctrl-C is the run's to handle. The fork server starts with SIGINT blocked, so it never dies of it halfway
+    # through its seconds of importing (a traceback on the terminal); its workers inherit the mask (they ignore
+    # SIGINT anyway, `_worker_init`). A Ctrl-C meant for this process waits the few microseconds of the block.
+    resource_tracker.ensure_running()       # first: starting it unblocks SIGINT here on its way out
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try: forkserver.ensure_running()
+    finally: signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return ctx
 
 class CountingPool(ProcessPoolExecutor):
@@ -934,6 +942,11 @@ def shutdown_pools():
 
 def terminate_pools():
     "Stop the worker processes now, whatever they are doing (Ctrl-C, a failed run): what they were making is made again on resume."
+    # first the fork server, so that it forks no worker for a run that is stopping (one asked for while it was still
+    # importing would start after this process has freed the queues it needs); the next pool starts a new server
+    pid = getattr(forkserver._forkserver, '_forkserver_pid', None)    # multiprocessing's own handle on it
+    if pid:
+        with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
     for p in _POOLS.values():
         procs = list((getattr(p, '_processes', None) or {}).values())
         for proc in procs: proc.terminate()

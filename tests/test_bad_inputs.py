@@ -169,3 +169,40 @@ def test_ctrl_c_at_start_up_is_one_line(tmp_path, after):
     time.sleep(after); os.killpg(p.pid, signal.SIGINT)
     err = p.communicate(timeout=60)[1]
     assert p.returncode == 2 and err.strip() == 'interpgen_generate: interrupted; run the same command to resume', (p.returncode, err[-2000:])
+
+
+def _session(sid:int) -> list:
+    "The live processes of session `sid` (the run and everything it started, orphans included), from /proc."
+    out = []
+    for p in Path('/proc').iterdir():
+        if p.name.isdigit():
+            try: f = (p / 'stat').read_text().rsplit(')', 1)[1].split()
+            except OSError: continue
+            if int(f[3]) == sid and f[0] != 'Z': out.append(int(p.name))
+    return out
+
+
+@pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads processes from /proc')
+@pytest.mark.parametrize('after', [0.0, 0.5, 1.0])
+def test_ctrl_c_while_the_pool_starts_is_one_line(tmp_path, after):
+    """Ctrl-C while the pool's fork server is still importing torch (`after` seconds after it starts): the one line,
+    exit 2, and nothing of the run left running (no worker forked late for a run that has stopped)."""
+    import os, signal
+    cfg = tmp_path / 'c.yaml'; cfg.write_text(yaml.safe_dump(tiny_config(64, 9, max_epochs=40)))
+    p = subprocess.Popen([shutil.which('interpgen_generate'), '--config', cfg, '--out', tmp_path / 'z.zarr', '--workers', '2', '--quiet'],
+                         env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def server():
+        for q in _session(p.pid):
+            try:
+                if b'forkserver' in Path(f'/proc/{q}/cmdline').read_bytes(): return True
+            except OSError: pass
+        return False
+    deadline = time.time() + 60
+    while time.time() < deadline and not server(): time.sleep(0.02)
+    assert server(), 'no fork server started'
+    time.sleep(after); os.killpg(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 2 and err.strip() == 'interpgen_generate: interrupted; run the same command to resume', (p.returncode, err[-2000:])
+    deadline = time.time() + 10
+    while time.time() < deadline and _session(p.pid): time.sleep(0.2)
+    assert not _session(p.pid)
