@@ -863,7 +863,8 @@ def _pool_context():
     ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['interpgen.pipeline'])
     # Ctrl-C is the run's to handle. The fork server starts with SIGINT blocked, so it never dies of it halfway
     # through its seconds of importing (a traceback on the terminal); its workers inherit the mask (they ignore
-    # SIGINT anyway, `_worker_init`). A Ctrl-C meant for this process waits the few microseconds of the block.
+    # SIGINT anyway, `_worker_init`). The block is this thread's only: a Ctrl-C in it can still reach this process
+    # through another thread (the run lock's) and be raised here.
     resource_tracker.ensure_running()       # first: starting it unblocks SIGINT here on its way out
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try: forkserver.ensure_running()

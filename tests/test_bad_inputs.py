@@ -102,13 +102,21 @@ def test_enough_bad_inputs():
     assert len(BAD) + len(OUTPUTS) >= 60
 
 
+def _stat(pid:int) -> list|None:
+    "The /proc stat fields of `pid` after its name (state, parent, group, session, ...), or None once it is gone."
+    try: return (Path('/proc') / str(pid) / 'stat').read_text().rsplit(')', 1)[1].split()
+    except OSError: return None
+
+
+def _stats() -> dict:
+    "`_stat` of every process, by pid."
+    return {q: f for p in Path('/proc').iterdir() if p.name.isdigit() and (f := _stat(q := int(p.name)))}
+
+
 def _descendants(pid:int) -> list:
     "Every process below `pid` (its children, theirs, ...), from /proc."
     kids = {}
-    for p in Path('/proc').iterdir():
-        if p.name.isdigit():
-            try: kids.setdefault(int((p / 'stat').read_text().rsplit(')', 1)[1].split()[1]), []).append(int(p.name))
-            except (OSError, IndexError, ValueError): pass
+    for q, f in _stats().items(): kids.setdefault(int(f[1]), []).append(q)
     out, todo = [], [pid]
     while todo:
         for k in kids.get(todo.pop(), []): out.append(k); todo.append(k)
@@ -116,8 +124,8 @@ def _descendants(pid:int) -> list:
 
 
 def _running(pid:int) -> bool:
-    try: return (Path('/proc') / str(pid) / 'stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError: return False
+    f = _stat(pid)
+    return f is not None and f[0] != 'Z'
 
 
 @pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads processes from /proc')
@@ -173,13 +181,7 @@ def test_ctrl_c_at_start_up_is_one_line(tmp_path, after):
 
 def _session(sid:int) -> list:
     "The live processes of session `sid` (the run and everything it started, orphans included), from /proc."
-    out = []
-    for p in Path('/proc').iterdir():
-        if p.name.isdigit():
-            try: f = (p / 'stat').read_text().rsplit(')', 1)[1].split()
-            except OSError: continue
-            if int(f[3]) == sid and f[0] != 'Z': out.append(int(p.name))
-    return out
+    return [q for q, f in _stats().items() if int(f[3]) == sid and f[0] != 'Z']
 
 
 @pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads processes from /proc')
