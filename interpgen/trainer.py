@@ -845,7 +845,7 @@ def _run_batch(args):
     return _finish(jobs, cfg, *train_batch(jobs, cfg, on_epoch=share_idle_cores))
 
 # %% ../nbs/01_trainer.ipynb #e3f2035f
-import contextlib, multiprocessing as mp
+import contextlib, sys, multiprocessing as mp
 from multiprocessing import forkserver, resource_tracker
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -863,19 +863,35 @@ def _pool_context():
     ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['interpgen.pipeline'])
     # Ctrl-C is the run's to handle. The fork server starts with SIGINT blocked, so it never dies of it halfway
     # through its seconds of importing (a traceback on the terminal); its workers inherit the mask (they ignore
-    # SIGINT anyway, `_worker_init`). The block is this thread's only: a Ctrl-C in it can still reach this process
-    # through another thread (the run lock's) and be raised here.
-    resource_tracker.ensure_running()       # first: starting it unblocks SIGINT here on its way out
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try: forkserver.ensure_running()
-    finally: signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    # SIGINT anyway, `_worker_init`). The block is this thread's only, and another thread (the run lock's) can take
+    # the signal: while the server starts, a Ctrl-C is only noted, and raised once multiprocessing holds the
+    # server's pid, which `terminate_pools` needs to stop it.
+    with _ctrl_c_held():
+        resource_tracker.ensure_running()   # first: starting it unblocks SIGINT here on its way out
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, [])        # read the mask: setting it can raise a Ctrl-C already noted
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); forkserver.ensure_running()
+        finally: signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return ctx
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+    "Hold a Ctrl-C back until the block ends, then raise it (in the main thread; elsewhere Python never runs SIGINT's handler)."
+    import threading
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    held = []; prev = signal.signal(signal.SIGINT, lambda *_: held.append(True))
+    try: yield
+    finally:
+        signal.signal(signal.SIGINT, prev)
+        if held and callable(prev): prev(signal.SIGINT, None)       # Python's own handler raises KeyboardInterrupt
+        elif held and prev == signal.SIG_DFL: raise KeyboardInterrupt
 
 class CountingPool(ProcessPoolExecutor):
     "A pool of `workers` spawned processes whose workers can read how many tasks wait and how many workers are busy."
     def __init__(self, workers:int):
         ctx = _pool_context(); self.state = ctx.Array('i', 2)          # [tasks waiting, workers busy]
-        super().__init__(workers, mp_context=ctx, initializer=_worker_init, initargs=(self.state, workers, os.getpid()))
+        server = getattr(forkserver._forkserver, '_forkserver_pid', None) if ctx.get_start_method() == 'forkserver' else None
+        super().__init__(workers, mp_context=ctx, initializer=_worker_init, initargs=(self.state, workers, os.getpid(), server))
     def submit(self, fn, /, *args, **kwargs):                     # `map` submits through here too
         with self.state.get_lock(): self.state[0] += 1
         return super().submit(_counted_task, fn, *args, **kwargs)
@@ -883,7 +899,7 @@ class CountingPool(ProcessPoolExecutor):
 def worker_pool(workers:int) -> CountingPool:
     "A `CountingPool` of `workers` processes, started once and reused."
     if workers not in _POOLS:
-        if not _POOLS: atexit.register(shutdown_pools)
+        if not _POOLS: atexit.register(_shutdown_at_exit)
         _POOLS[workers] = CountingPool(workers)
     return _POOLS[workers]
 
@@ -904,10 +920,18 @@ def _watch_parent(pid:int, every:float=1.0):
         os._exit(3)                                               # no orphan goes on training, or writing into a zoo
     threading.Thread(target=watch, daemon=True, name='interpgen-parent-watch').start()
 
-def _worker_init(state, workers, parent:int|None=None):
+def _die_with_server(server:int):
+    "In a worker forked by the fork server `server` (Linux): be killed the moment it dies (`terminate_pools` kills it first)."
+    import ctypes
+    try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): return                     # no prctl: `_watch_parent` alone, within a second
+    if os.getppid() != server: os._exit(3)                        # it died before the line above
+
+def _worker_init(state, workers, parent:int|None=None, server:int|None=None):
     "Runs in each worker as it starts (importing this module, hence torch)."
     global _POOL_STATE
     _POOL_STATE = (state, workers)
+    if server is not None and sys.platform == 'linux': _die_with_server(server)
     if parent is not None: _watch_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)                  # Ctrl-C is the run's to handle: it stops the workers (`terminate_pools`)
     # oneDNN keeps the kernels it built for 1,024 matmul shapes by default; a long run meets more (several widths,
@@ -937,21 +961,36 @@ def _worker_ready(*_):
     return os.getpid()
 
 def shutdown_pools():
-    "Stop the worker processes started by `worker_pool`."
-    for p in _POOLS.values(): p.shutdown()
+    "Stop the worker processes started by `worker_pool`, once their tasks end (Ctrl-C while they end: now)."
+    try:
+        for p in _POOLS.values(): p.shutdown()
+    except BaseException: terminate_pools(); raise
     _POOLS.clear()
+
+def _shutdown_at_exit():
+    "`shutdown_pools` as the process exits: a second Ctrl-C then (the run's line is printed) stops the workers without a word."
+    with contextlib.suppress(KeyboardInterrupt): shutdown_pools()
 
 def terminate_pools():
     "Stop the worker processes now, whatever they are doing (Ctrl-C, a failed run): what they were making is made again on resume."
     # first the fork server, so that it forks no worker for a run that is stopping (one asked for while it was still
     # importing would start after this process has freed the queues it needs); the next pool starts a new server
-    pid = getattr(forkserver._forkserver, '_forkserver_pid', None)    # multiprocessing's own handle on it
+    # (its workers die with it: `_die_with_server`)
+    server = forkserver._forkserver; pid = getattr(server, '_forkserver_pid', None)   # multiprocessing's own handle on it
     if pid:
         with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
+        if server._lock.acquire(timeout=5):                       # reap it and forget it, so the next pool starts a new one
+            try: server._stop_unlocked()
+            except OSError: pass
+            finally: server._lock.release()
     for p in _POOLS.values():
         procs = list((getattr(p, '_processes', None) or {}).values())
         for proc in procs: proc.terminate()
         for proc in procs: proc.join(5)
+        # a fork server's child reports its end through the server, which is gone: wait on the processes themselves
+        until = time.monotonic() + 5
+        for proc in procs:
+            while proc.pid and _alive(proc.pid) and time.monotonic() < until: time.sleep(0.01)
         p.shutdown(wait=True, cancel_futures=True)
     _POOLS.clear()
 

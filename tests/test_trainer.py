@@ -110,3 +110,23 @@ def test_pool_workers_share_idle_cores():
     assert pool.submit(pool_threads, 1).result() == 2
     assert list(pool.map(pool_threads, [1])) == [2]
     assert list(pool.state) == [0, 0]
+
+def _running(pid:int) -> bool:
+    "Is `pid` a process that is neither gone nor a zombie? (read from /proc)"
+    try:
+        with open(f'/proc/{pid}/stat') as f: return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError: return False
+
+@pytest.mark.skipif(not __import__('os').path.exists('/proc/self/stat'), reason='reads /proc')
+def test_a_stopped_pool_leaves_no_process_and_the_next_pool_works():
+    "`terminate_pools` returns once its workers and their fork server are gone; a new pool then starts and runs tasks."
+    from multiprocessing import forkserver
+    from interpgen.trainer import _worker_ready
+    for _ in range(2):
+        pool = worker_pool(2); list(pool.map(_worker_ready, range(4)))
+        pids = list(pool._processes) + [forkserver._forkserver._forkserver_pid]
+        assert len(pids) == 3 and all(map(_running, pids))
+        terminate_pools()
+        assert not [p for p in pids if _running(p)]
+    new = worker_pool(2).submit(_worker_ready).result()
+    assert new not in pids and _running(new)
