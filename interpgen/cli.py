@@ -119,7 +119,7 @@ def interpgen_info(store:str, # the zoo to describe
 # %% ../nbs/08_cli.ipynb #053c9df6
 def _table(rows:list) -> str:
     "A plain-text table of dict rows."
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cols = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, dict)))   # nested figures: in `--out`
     w = {c: max(len(str(c)), *(len(str(r.get(c, ''))) for r in rows)) for c in cols}
     line = lambda r: '  '.join(str(r.get(c, '')).rjust(w[c]) for c in cols)
     return '\n'.join([line({c: c for c in cols}), line({c: '-' * w[c] for c in cols})] + [line(r) for r in rows])

@@ -22,13 +22,13 @@ from .store import (ZooSchema, ZooRecord, create_zoo, write_shard, open_zoo, is_
                              record_hash, signature_dataset_from, Zoo, StoreLocation, RunLock, lock_is_live)
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'MAX_YAML_BYTES', 'ModelSection', 'DatasetSection',
-           'TrainingSection', 'CorruptionSection', 'QualitySection', 'ModifiedSection', 'SignatureSection',
-           'StoreSection', 'GenerationConfig', 'config_from_dict', 'read_yaml', 'load_config', 'Candidate',
-           'make_candidate', 'corruption_region', 'corrupt', 'label_check', 'moved_patterns', 'negatives_kept',
-           'repair_check', 'quality', 'build_candidate', 'evaluation_set', 'train_and_judge', 'attempt_rounds',
-           'generate_shard', 'check_lease', 'DatasetGenerationPipeline', 'machine_memory', 'resources', 'check_bounds',
-           'check_scheduler', 'bench_learnability', 'bench_pipeline']
+__all__ = ['DEFAULT_CONFIG_YAML', 'CORRUPTION_MODES', 'TASKS', 'PRESETS', 'MAX_YAML_BYTES', 'PROFILE_STAGES', 'ModelSection',
+           'DatasetSection', 'TrainingSection', 'CorruptionSection', 'QualitySection', 'ModifiedSection',
+           'SignatureSection', 'StoreSection', 'GenerationConfig', 'config_from_dict', 'read_yaml', 'load_config',
+           'Candidate', 'make_candidate', 'corruption_region', 'corrupt', 'label_check', 'moved_patterns',
+           'negatives_kept', 'repair_check', 'quality', 'build_candidate', 'evaluation_set', 'train_and_judge',
+           'attempt_rounds', 'generate_shard', 'check_lease', 'DatasetGenerationPipeline', 'machine_memory',
+           'resources', 'check_bounds', 'check_scheduler', 'bench_learnability', 'run_profile', 'bench_pipeline']
 
 # %% ../nbs/04_pipeline.ipynb #5dda77a4
 DEFAULT_CONFIG_YAML = """\
@@ -310,10 +310,12 @@ PRESETS = {
     # the reference's example model ranges: 6-9 hidden layers of 25-40 units, relu/gelu, 2-5 patterns, corruption 0.3,
     # degradation threshold 0.05, batch 128, 20 epochs (its patience 5: 3 passes as many, sooner); with the data its
     # deep models need to learn their labels and a learning rate range that suits it (the reference's <= 500 examples
-    # left 99% of them short of the label check; see the budget table in the chapter)
-    'reference': dict(size=1024, model=dict(layers=[6, 9], width=[25, 40], activations=['relu', 'gelu'], learning_rate=[0.003, 0.02]),
+    # left 99% of them short of the label check; see the budget table in the chapter): 0.01-0.03, where 68% of clean
+    # models pass against 54% at 0.003-0.02. Training matmuls in bfloat16: 1.3x faster on this CPU (AVX512-BF16) with
+    # as many passing; on a CPU without bfloat16 arithmetic set `training.matmul_dtype: null` (the speed table in the chapter)
+    'reference': dict(size=1024, model=dict(layers=[6, 9], width=[25, 40], activations=['relu', 'gelu'], learning_rate=[0.01, 0.03]),
                       dataset=dict(patterns_per_model=[2, 5], samples_per_pattern=500, max_total_examples=5000),
-                      training=dict(batch_size=128, max_epochs=20, patience=3),
+                      training=dict(batch_size=128, max_epochs=20, patience=3, matmul_dtype='bfloat16'),
                       corruption=dict(rate=0.3, min_degradation_threshold=0.05),
                       store=dict(chunk_records=32, shard_records=256)),
 }
@@ -515,31 +517,41 @@ def _measure(b:_Built, models:list) -> list:
     "`behaviour` of each trained model in `models` on candidate `b`'s evaluation set, on one thread."
     with _one_thread(): return behaviour(b.cand.arch, [m.params for m in models], b.evaluation)
 
+def _cost(b:_Built) -> int:
+    "A candidate model's share of the seconds of the trainer call it is in: examples x weights, what its steps cost."
+    return len(b.ds) * sum(i * o for i, o in zip(b.cand.arch.dims[:-1], b.cand.arch.dims[1:]))
+
 def train_and_judge(cfg:GenerationConfig, # the run's config
                     built:list, # candidates (`build_candidate`)
-                    T:Counter|None=None # seconds by stage, added to (`train`, `evaluate`)
+                    T:Counter|None=None, # seconds by stage, added to (`evaluate`)
+                    cost:Counter|None=None, # training seconds by `(index, attempt, model)`, added to
+                    workers:int=1 # trainer processes (the models do not depend on it)
                    ) -> list: # `(subject, modified, behaviours, verdict)` per candidate
     """Train every candidate's models, measure them on their evaluation sets and judge them (`quality`). In `from_init`
     mode the clean (modified) models train first and only those that pass the label check get their degraded twin
     trained: a candidate whose clean model fails cannot be kept whatever the other does (its `subject` is None)."""
-    T = Counter() if T is None else T
+    T = Counter() if T is None else T; cost = Counter() if cost is None else cost
     def timed(stage, f, *a, **kw):
         t = time.perf_counter(); out = f(*a, **kw); T[stage] += time.perf_counter() - t; return out
+    def fit(bs, model, jobs, **kw):                                # one trainer call; its seconds shared by its models' `_cost`
+        t = time.perf_counter(); res = _fit(cfg, jobs, workers, **kw); dt, w = time.perf_counter() - t, [_cost(b) for b in bs]
+        for b, x in zip(bs, w): cost[b.cand.index, b.cand.attempt, model] += dt * x / sum(w)
+        return res
     if not cfg.modification:
-        res = timed('train', _fit, cfg, [_job(b, b.train_labels) for b in built])
+        res = fit(built, 'subject', [_job(b, b.train_labels) for b in built])
         bh = timed('evaluate', lambda: [_measure(b, [r]) for b, r in zip(built, res)])
         return [(r, None, x, quality(cfg, x[0], None, None)) for r, x in zip(res, bh)]
     if cfg.modified_model.mode == 'finetune':                          # the modified model continues the degraded one
-        res = timed('train', _fit, cfg, [_job(b, b.train_labels) for b in built])
-        mod = timed('train', _fit, cfg, [_job(b, b.ds.labels, init=r.params.float()) for b, r in zip(built, res)],
-                    max_epochs=cfg.modified_model.finetune_epochs)
+        res = fit(built, 'subject', [_job(b, b.train_labels) for b in built])
+        mod = fit(built, 'modified', [_job(b, b.ds.labels, init=r.params.float()) for b, r in zip(built, res)],
+                  max_epochs=cfg.modified_model.finetune_epochs)
         bh = timed('evaluate', lambda: [_measure(b, [r, m]) for b, r, m in zip(built, res, mod)])
         return [(r, m, x, quality(cfg, x[0], x[1], b.cand.target)) for b, r, m, x in zip(built, res, mod, bh)]
-    clean = timed('train', _fit, cfg, [_job(b, b.ds.labels) for b in built])
+    clean = fit(built, 'modified', [_job(b, b.ds.labels) for b in built])
     cb = timed('evaluate', lambda: [_measure(b, [m])[0] for b, m in zip(built, clean)])
     lab = [label_check(x, cfg.quality) for x in cb]
     keep = [k for k, v in enumerate(lab) if v['ok']]
-    sub = dict(zip(keep, timed('train', _fit, cfg, [_job(built[k], built[k].train_labels) for k in keep])))
+    sub = dict(zip(keep, fit([built[k] for k in keep], 'subject', [_job(built[k], built[k].train_labels) for k in keep])))
     sb = timed('evaluate', lambda: {k: _measure(built[k], [sub[k]])[0] for k in keep})
     return [(sub[k], clean[k], [sb[k], cb[k]], repair_check(sb[k], cb[k], b.cand.target, cfg.corruption)) if k in sub
             else (None, clean[k], None, lab[k]) for k, b in enumerate(built)]
@@ -568,10 +580,11 @@ def _meta(cfg, b:_Built, sub, mod, beh:list, q) -> dict:
 def generate_shard(cfg:GenerationConfig, # the run's config
                    shard:int, # which shard
                    sd:SignatureDataset, # the signature dataset
-                   resume:dict|None=None # index -> attempts already tried, for records an earlier run reported failed
+                   resume:dict|None=None, # index -> attempts already tried, for records an earlier run reported failed
+                   workers:int=1 # trainer processes (a run with fewer shards than workers: its idle ones train too)
                   ) -> tuple: # `(records, stats)`
     "Make every record of `shard` (or only those of `resume`): candidates in rounds, the quality filter, signatures, hashes."
-    t0, T = time.perf_counter(), Counter()
+    t0, T, cost = time.perf_counter(), Counter(), Counter()      # seconds by stage; training seconds by (index, attempt, model)
     idx = sorted(resume) if resume else list(range(shard * cfg.store.shard_records, min(cfg.size, (shard + 1) * cfg.store.shard_records)))
     tried = max(resume.values()) if resume else 0
     chosen, need, reasons, by_pattern, per_record = {}, list(idx), Counter(), {}, {i: Counter() for i in idx}
@@ -582,7 +595,7 @@ def generate_shard(cfg:GenerationConfig, # the run's config
         built = [build_candidate(cfg, make_candidate(cfg, i, a), sd) for i in need for a in attempts]
         T['sample'] += time.perf_counter() - t
         n_cand += len(built)
-        for b, (sub, mod, beh, q) in zip(built, train_and_judge(cfg, built, T)):
+        for b, (sub, mod, beh, q) in zip(built, train_and_judge(cfg, built, T, cost, workers)):
             i = b.cand.index
             if not q['ok']:
                 n_rej += 1; reasons[q['reason']] += 1; per_record[i][q['reason']] += 1
@@ -590,6 +603,8 @@ def generate_shard(cfg:GenerationConfig, # the run's config
             elif i in chosen: n_unused += 1
             else: chosen[i] = (b, sub, mod, beh, q)
         need = [i for i in need if i not in chosen]; rounds += 1; tried = attempts.stop
+    kept = {(b.cand.index, b.cand.attempt) for b, *_ in chosen.values()}     # training seconds by what the models became
+    for (i, a, m), x in cost.items(): T[f'train_kept_{m}' if (i, a) in kept else 'train_not_kept'] += x
     t = time.perf_counter()
     models = ('subject', 'modified') if cfg.modification else ('subject',)
     records = []
@@ -624,24 +639,26 @@ def check_lease(loc:StoreLocation, run:str, shard:int):
         f"or another run took over); run interpgen_generate again to resume")
 
 def _shard_task(cfg_dict:dict, shard:int, url:str, sd_content:dict,
-                run:str|None=None # the lock token of the run that asked (checked before writing); None: no check
+                run:str|None=None, # the lock token of the run that asked (checked before writing); None: no check
+                workers:int=1 # trainer processes for this shard (`generate_shard`)
                ) -> dict:
     "Worker entry: make shard `shard` (or only the records an earlier run could not make) and write it into the zoo at `url`; returns its stats."
-    cfg = config_from_dict(cfg_dict); loc = StoreLocation(url)
+    started = time.time(); cfg = config_from_dict(cfg_dict); loc = StoreLocation(url)
     where = f'{socket.gethostname()}:{os.getpid()}'
     if zoo_state(loc) != 'zoo': raise InterpgenError(
         f"the process {where} cannot see the zoo at {url} (is it on a file system or object store that every worker can reach?)")
     old = Zoo(loc).shard_stats()[shard]                       # None, or a shard written with failed records
     resume = {int(i): f['attempts'] for i, f in old['failed'].items()} if old else None
-    records, stats = generate_shard(cfg, shard, signature_dataset_from(sd_content), resume)
+    records, stats = generate_shard(cfg, shard, signature_dataset_from(sd_content), resume, workers)
     g = loc.open_group('r+')
     if g.attrs.get('config_hash') != cfg.hash: raise InterpgenError(
         f"shard {shard} was not written: the zoo at {url} now holds another config ({str(g.attrs.get('config_hash'))[:12]}..., "
         f"this task's is {cfg.hash[:12]}...); another run replaced it")
     stats = dict(_merge_stats(old, stats) if old else stats, worker=where)
     if run is not None: check_lease(loc, run, shard)              # a task whose run is gone (a killed client) writes nothing
-    write_shard(g, shard, records, stats, update=old is not None)
-    return dict(stats, new_records=len(records))
+    t = time.perf_counter(); write_shard(g, shard, records, stats, update=old is not None)
+    return dict(stats, new_records=len(records), write_seconds=round(time.perf_counter() - t, 3), started=started, ended=time.time(),
+                trainer_workers=workers)
 
 class DatasetGenerationPipeline:
     "Generates a zoo of subject-model records from one validated config."
@@ -784,7 +801,7 @@ def _warm(cfg_dict:dict) -> int:
 
 def _start_workers(c:GenerationConfig, loc:StoreLocation, workers:int):
     "Start a new zoo's pool now: its workers import torch and build their samplers while this process prepares the zoo."
-    if workers > 1 and -(-c.size // c.store.shard_records) > 1 and zoo_state(loc) == 'missing':
+    if workers > 1 and zoo_state(loc) == 'missing':
         try:
             for _ in range(workers): worker_pool(workers).submit(_warm, c.to_dict())
         except BaseException: terminate_pools(); raise             # Ctrl-C while the pool starts
@@ -816,7 +833,7 @@ def run(self:DatasetGenerationPipeline,
     check_arg(isinstance(workers, int) and workers >= 1, 'workers', workers, 'an integer >= 1')
     check_arg(scheduler is None or workers == 1, 'workers', workers, '1 when a Dask scheduler is given (the cluster decides how many)')
     if scheduler is not None and not hasattr(scheduler, 'submit'): check_scheduler(scheduler)   # before any work
-    c = self.config; loc = StoreLocation(out)
+    c = self.config; loc = StoreLocation(out); self.reports = []      # what each shard task of this run returned (a profile: `bench_pipeline`)
     if loc.local: check_writable_parent(loc.root)
     with RunLock(loc, config_hash=c.hash) as lock:
         if scheduler is None:
@@ -830,13 +847,13 @@ def run(self:DatasetGenerationPipeline,
         bar = tqdm(total=c.size, initial=done_records, unit='rec', disable=not progress, desc='records', smoothing=0)
         tot = dict(candidates=0, rejected=0)
         def tick(st):
-            tot['candidates'] += st['candidates']; tot['rejected'] += st['rejected']
+            self.reports.append(st); tot['candidates'] += st['candidates']; tot['rejected'] += st['rejected']
             bar.set_postfix(rejected=f"{tot['rejected'] / max(1, tot['candidates']):.0%}"); bar.update(st['new_records'])
         tasks = [(c.to_dict(), s, loc.url, sd.content(), lock.token) for s in todo]   # `_shard_task`'s arguments, one tuple per shard
         if scheduler is not None and tasks:
             from interpgen.distributed import dask_shards       # chapter 04a; imported only when asked, so dask stays optional here
             results = dask_shards(scheduler, tasks)
-        elif workers == 1 or len(tasks) <= 1: results = (_shard_task(*t) for t in tasks)
+        elif workers == 1 or len(tasks) <= 1: results = (_shard_task(*t, workers=workers) for t in tasks)   # one shard: the trainer uses the workers
         else: results = _pool_shards(workers, tasks)
         try:
             with closing(results):
@@ -890,19 +907,56 @@ def bench_learnability(config='default', # preset name, YAML path, dict or confi
     return rows
 
 # %% ../nbs/04_pipeline.ipynb #7c85acda
+PROFILE_STAGES = ('start-up', 'sample', 'train_kept_modified', 'train_kept_subject', 'train_not_kept', 'evaluate', 'signatures',
+                  'write', 'other', 'idle')
+
+def run_profile(reports:list, # what the run's shard tasks returned (`DatasetGenerationPipeline.reports`)
+                start:float, # the run's start, `time.time()`
+                end:float, # its end
+                workers:int # processes the run had
+               ) -> dict: # worker-seconds by stage (`PROFILE_STAGES`), their shares, the trainer-bound ceiling
+    """Where a run's seconds went, in worker-seconds: `slots x (end - start)`, a slot being a worker making shards,
+    or all of them for a run that makes its one shard in-process with `workers` trainer processes. The stages every shard times (`sample`, the
+    training of the models kept as a record's `modified` and `subject` models and of every other candidate's,
+    `evaluate`, `signatures`), its write, the rest of each task (`other`: opening the zoo, checks, building the
+    records), each worker's wait for its first task (`start-up`: the pool starting, the zoo prepared) and after its
+    last one or between tasks (`idle`). The trainer-bound ceiling is the records per minute of a run that only
+    trained, at this run's own training speed: records / (training seconds / slots)."""
+    T = Counter({k: 0.0 for k in PROFILE_STAGES}); by_worker = {}
+    for r in reports:
+        T.update(r['seconds_by_stage']); T['write'] += r['write_seconds']
+        T['other'] += (r['ended'] - r['started']) - sum(r['seconds_by_stage'].values()) - r['write_seconds']
+        by_worker.setdefault(r['worker'], []).append(r)
+    for rs in by_worker.values():
+        first, last = min(r['started'] for r in rs), max(r['ended'] for r in rs)
+        T['start-up'] += first - start; T['idle'] += (end - last) + (last - first) - sum(r['ended'] - r['started'] for r in rs)
+    slots = workers // max([r.get('trainer_workers', 1) for r in reports], default=1)
+    T['idle'] += (slots - len(by_worker)) * (end - start)            # a worker that got no shard waited the whole run
+    total, records = slots * (end - start), sum(r['new_records'] for r in reports)
+    train = sum(v for k, v in T.items() if k.startswith('train'))
+    ceiling = records / (train / slots) * 60 if train else None
+    return dict(seconds={k: round(T[k], 1) for k in PROFILE_STAGES}, share={k: round(T[k] / total, 3) for k in PROFILE_STAGES},
+                worker_seconds=round(total, 1), records=records, records_per_min=round(records / (end - start) * 60),
+                ceiling_records_per_min=round(ceiling) if ceiling else None, of_ceiling=round(records / (end - start) * 60 / ceiling, 3) if ceiling else None)
+
 def bench_pipeline(config='default', # preset name, YAML path, dict or config
                    size:int|None=None, # records (default: the config's size)
                    workers:int=2, # processes
-                   log=print) -> dict: # one table row
-    "Time one generation run end to end; returns a row of figures."
+                   log=print) -> dict: # one table row, with the run's profile (`run_profile`)
+    "Time one generation run end to end; returns a row of figures and where the run's seconds went."
     import tempfile
     pipe = DatasetGenerationPipeline(config, size=size)
     with tempfile.TemporaryDirectory() as d:
         with PeakMemory() as pm:
-            t0 = time.perf_counter(); zoo = pipe.run(f'{d}/zoo.zarr', workers=workers, progress=False); el = time.perf_counter() - t0
+            w0, t0 = time.time(), time.perf_counter()
+            zoo = pipe.run(f'{d}/zoo.zarr', workers=workers, progress=False); el = time.perf_counter() - t0
         info = zoo.info()
+    prof = run_profile(pipe.reports, w0, w0 + el, workers)
     row = dict(stage='generate', config=config if isinstance(config, str) else 'custom', records=info['written'], workers=workers,
                seconds=round(el, 1), records_per_min=round(info['written'] / el * 60), candidates=info['candidates'],
-               rejection_rate=info['rejection_rate'], failure_bound=info.get('failure_bound'), bytes_per_record=info['bytes_per_record'], peak_mb=round(pm.peak_mb))
+               rejection_rate=info['rejection_rate'], failure_bound=info.get('failure_bound'), bytes_per_record=info['bytes_per_record'], peak_mb=round(pm.peak_mb),
+               ceiling_records_per_min=prof['ceiling_records_per_min'], of_ceiling=prof['of_ceiling'], rejections=info['rejections'])
     log(' | '.join(f'{k}={v}' for k, v in row.items()))
-    return row
+    log('  worker-seconds: ' + ', '.join(f"{k} {prof['seconds'][k]} ({prof['share'][k]:.0%})" for k in PROFILE_STAGES))
+    return dict(row, profile=prof)
+

@@ -1021,11 +1021,13 @@ class SubjectModelTrainer:
                     bar.update(len(b))
             finally: torch.set_num_threads(old)
         else:
-            pool = worker_pool(workers)
-            futs = {pool.submit(_run_batch, tasks[k]): k for k in sorted(range(len(tasks)), key=lambda k: -_batch_cost(tasks[k][0]))}
-            for f in as_completed(futs):
-                for i, r in zip(plan[futs[f]], f.result()): results[i] = r
-                bar.update(len(plan[futs[f]]))
+            pool, futs = worker_pool(workers), {}
+            try:
+                for k in sorted(range(len(tasks)), key=lambda k: -_batch_cost(tasks[k][0])): futs[pool.submit(_run_batch, tasks[k])] = k
+                for f in as_completed(futs):
+                    for i, r in zip(plan[futs[f]], f.result()): results[i] = r
+                    bar.update(len(plan[futs[f]]))
+            except BaseException: terminate_pools(); raise          # Ctrl-C, a failed batch: stop the batches in flight now
         bar.close()
         return results
 
