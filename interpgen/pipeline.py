@@ -310,9 +310,9 @@ PRESETS = {
     # the reference's example model ranges: 6-9 hidden layers of 25-40 units, relu/gelu, 2-5 patterns, corruption 0.3,
     # degradation threshold 0.05, batch 128, 20 epochs (its patience 5: 3 passes as many, sooner); with the data its
     # deep models need to learn their labels and a learning rate range that suits it (the reference's <= 500 examples
-    # left 99% of them short of the label check; see the budget table in the chapter): 0.01-0.03, where 68% of clean
-    # models pass against 54% at 0.003-0.02. Training matmuls in bfloat16: 1.3x faster on this CPU (AVX512-BF16) with
-    # as many passing; on a CPU without bfloat16 arithmetic set `training.matmul_dtype: null` (the speed table in the chapter)
+    # left 99% of them short of the label check; see the budget table in the chapter): 0.01-0.03, where 65% of clean
+    # models pass against 52% at 0.003-0.02. Training matmuls in bfloat16: 1.5x faster a candidate on this CPU
+    # (AVX512-BF16) with as many passing; on a CPU without bfloat16 arithmetic set `training.matmul_dtype: null`
     'reference': dict(size=1024, model=dict(layers=[6, 9], width=[25, 40], activations=['relu', 'gelu'], learning_rate=[0.01, 0.03]),
                       dataset=dict(patterns_per_model=[2, 5], samples_per_pattern=500, max_total_examples=5000),
                       training=dict(batch_size=128, max_epochs=20, patience=3, matmul_dtype='bfloat16'),
