@@ -581,7 +581,7 @@ def generate_shard(cfg:GenerationConfig, # the run's config
                    shard:int, # which shard
                    sd:SignatureDataset, # the signature dataset
                    resume:dict|None=None, # index -> attempts already tried, for records an earlier run reported failed
-                   workers:int=1 # trainer processes (a run with fewer shards than workers: its idle ones train too)
+                   workers:int=1 # trainer processes (a run with one shard to make gives it every worker)
                   ) -> tuple: # `(records, stats)`
     "Make every record of `shard` (or only those of `resume`): candidates in rounds, the quality filter, signatures, hashes."
     t0, T, cost = time.perf_counter(), Counter(), Counter()      # seconds by stage; training seconds by (index, attempt, model)
@@ -649,16 +649,16 @@ def _shard_task(cfg_dict:dict, shard:int, url:str, sd_content:dict,
         f"the process {where} cannot see the zoo at {url} (is it on a file system or object store that every worker can reach?)")
     old = Zoo(loc).shard_stats()[shard]                       # None, or a shard written with failed records
     resume = {int(i): f['attempts'] for i, f in old['failed'].items()} if old else None
-    records, stats = generate_shard(cfg, shard, signature_dataset_from(sd_content), resume, workers)
+    records, new = generate_shard(cfg, shard, signature_dataset_from(sd_content), resume, workers)
     g = loc.open_group('r+')
     if g.attrs.get('config_hash') != cfg.hash: raise InterpgenError(
         f"shard {shard} was not written: the zoo at {url} now holds another config ({str(g.attrs.get('config_hash'))[:12]}..., "
         f"this task's is {cfg.hash[:12]}...); another run replaced it")
-    stats = dict(_merge_stats(old, stats) if old else stats, worker=where)
+    stats = dict(_merge_stats(old, new) if old else new, worker=where)
     if run is not None: check_lease(loc, run, shard)              # a task whose run is gone (a killed client) writes nothing
     t = time.perf_counter(); write_shard(g, shard, records, stats, update=old is not None)
     return dict(stats, new_records=len(records), write_seconds=round(time.perf_counter() - t, 3), started=started, ended=time.time(),
-                trainer_workers=workers)
+                trainer_workers=workers, task_seconds_by_stage=new['seconds_by_stage'])   # this task's own (a resume sums the earlier run's in)
 
 class DatasetGenerationPipeline:
     "Generates a zoo of subject-model records from one validated config."
@@ -924,13 +924,14 @@ def run_profile(reports:list, # what the run's shard tasks returned (`DatasetGen
     trained, at this run's own training speed: records / (training seconds / slots)."""
     T = Counter({k: 0.0 for k in PROFILE_STAGES}); by_worker = {}
     for r in reports:
-        T.update(r['seconds_by_stage']); T['write'] += r['write_seconds']
-        T['other'] += (r['ended'] - r['started']) - sum(r['seconds_by_stage'].values()) - r['write_seconds']
+        own = {k: v for k, v in r['task_seconds_by_stage'].items() if k in PROFILE_STAGES}
+        T.update(own); T['write'] += r['write_seconds']
+        T['other'] += (r['ended'] - r['started']) - sum(own.values()) - r['write_seconds']
         by_worker.setdefault(r['worker'], []).append(r)
     for rs in by_worker.values():
         first, last = min(r['started'] for r in rs), max(r['ended'] for r in rs)
         T['start-up'] += first - start; T['idle'] += (end - last) + (last - first) - sum(r['ended'] - r['started'] for r in rs)
-    slots = workers // max([r.get('trainer_workers', 1) for r in reports], default=1)
+    slots = max(1, len(by_worker), workers // max([r['trainer_workers'] for r in reports], default=1))
     T['idle'] += (slots - len(by_worker)) * (end - start)            # a worker that got no shard waited the whole run
     total, records = slots * (end - start), sum(r['new_records'] for r in reports)
     train = sum(v for k, v in T.items() if k.startswith('train'))

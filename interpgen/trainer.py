@@ -968,7 +968,7 @@ def shutdown_pools():
     _POOLS.clear()
 
 def _shutdown_at_exit():
-    "`shutdown_pools` as the process exits: a second Ctrl-C then (the run's line is printed) stops the workers without a word."
+    "`shutdown_pools` as the process exits, quiet if a second Ctrl-C interrupts it (the run's line is printed already)."
     with contextlib.suppress(KeyboardInterrupt): shutdown_pools()
 
 def terminate_pools():
@@ -981,7 +981,7 @@ def terminate_pools():
         with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
         if server._lock.acquire(timeout=5):                       # reap it and forget it, so the next pool starts a new one
             try: server._stop_unlocked()
-            except OSError: pass
+            except Exception: server._forkserver_pid = None          # reaped already, or another Python's internals: forget it anyway
             finally: server._lock.release()
     for p in _POOLS.values():
         procs = list((getattr(p, '_processes', None) or {}).values())
@@ -1021,8 +1021,9 @@ class SubjectModelTrainer:
                     bar.update(len(b))
             finally: torch.set_num_threads(old)
         else:
-            pool, futs = worker_pool(workers), {}
+            futs = {}
             try:
+                pool = worker_pool(workers)
                 for k in sorted(range(len(tasks)), key=lambda k: -_batch_cost(tasks[k][0])): futs[pool.submit(_run_batch, tasks[k])] = k
                 for f in as_completed(futs):
                     for i, r in zip(plan[futs[f]], f.result()): results[i] = r

@@ -104,13 +104,17 @@ def test_two_workers_make_the_same_store(tiny_zoo, tmp_path):
     same_store(tiny_zoo, z2.path)
 
 
-def test_a_one_shard_zoo_trains_on_every_worker_and_is_the_same(tmp_path):
-    "With fewer shards than workers the shard's trainer calls use the pool: the zoo is the one a single process makes."
+def test_a_one_shard_zoo_trains_on_every_worker_and_is_the_same(tmp_path, monkeypatch):
+    "With one shard to make, the shard's trainer calls use the pool: the zoo is the one a single process makes."
+    from interpgen import trainer
+    sent, submit = [], trainer.CountingPool.submit
+    monkeypatch.setattr(trainer.CountingPool, 'submit', lambda self, fn, *a, **kw: sent.append(fn.__name__) or submit(self, fn, *a, **kw))
     c = dict(tiny_config(16, 5), store=dict(chunk_records=4, shard_records=16))
     c['training'] = dict(c['training'], models_per_batch=4)         # several batches per trainer call, so the pool has work
     one = DatasetGenerationPipeline(c); one.run(tmp_path / 'one.zarr', progress=False)
     two = DatasetGenerationPipeline(c); two.run(tmp_path / 'two.zarr', workers=2, progress=False)
     assert [r['trainer_workers'] for r in one.reports] == [1] and [r['trainer_workers'] for r in two.reports] == [2]
+    assert sent.count('_run_batch') >= 4                               # the trainer's batches went to the pool
     same_store(tmp_path / 'one.zarr', tmp_path / 'two.zarr')
 
 
