@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 from interpgen.pipeline import DatasetGenerationPipeline
-from zoo_helpers import cli, env, tiny_config, tree
+from zoo_helpers import cli, env, tiny_config, tree, proc_stat as _stat, running as _running
 
 TINY = tiny_config(8, 5)
 CONFIGS = {   # name -> the YAML text of a bad config (over the tiny one where it is a dict)
@@ -102,12 +102,6 @@ def test_enough_bad_inputs():
     assert len(BAD) + len(OUTPUTS) >= 60
 
 
-def _stat(pid:int) -> list|None:
-    "The /proc stat fields of `pid` after its name (state, parent, group, session, ...), or None once it is gone."
-    try: return (Path('/proc') / str(pid) / 'stat').read_text().rsplit(')', 1)[1].split()
-    except OSError: return None
-
-
 def _stats() -> dict:
     "`_stat` of every process, by pid."
     return {q: f for p in Path('/proc').iterdir() if p.name.isdigit() and (f := _stat(q := int(p.name)))}
@@ -121,11 +115,6 @@ def _descendants(pid:int) -> list:
     while todo:
         for k in kids.get(todo.pop(), []): out.append(k); todo.append(k)
     return out
-
-
-def _running(pid:int) -> bool:
-    f = _stat(pid)
-    return f is not None and f[0] != 'Z'
 
 
 @pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads processes from /proc')

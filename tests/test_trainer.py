@@ -3,6 +3,7 @@ import numpy as np, pytest, torch
 from dataclasses import replace
 from interpgen.sampler import PatternDatasetSampler, InterpgenError
 from interpgen.trainer import *
+from zoo_helpers import running as _running
 
 @pytest.fixture(scope='module')
 def jobs():
@@ -110,12 +111,6 @@ def test_pool_workers_share_idle_cores():
     assert pool.submit(pool_threads, 1).result() == 2
     assert list(pool.map(pool_threads, [1])) == [2]
     assert list(pool.state) == [0, 0]
-
-def _running(pid:int) -> bool:
-    "Is `pid` a process that is neither gone nor a zombie? (read from /proc)"
-    try:
-        with open(f'/proc/{pid}/stat') as f: return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except FileNotFoundError: return False
 
 @pytest.mark.skipif(not __import__('os').path.exists('/proc/self/stat'), reason='reads /proc')
 def test_a_stopped_pool_leaves_no_process_and_the_next_pool_works():

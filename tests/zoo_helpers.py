@@ -61,3 +61,15 @@ def one_line(r, *words) -> str:
     assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, (r.returncode, r.stderr[-3000:])
     assert all(w in lines[0] for w in words), lines[0]
     return lines[0]
+
+
+def proc_stat(pid:int) -> list|None:
+    "The /proc stat fields of `pid` after its name (state, parent, group, session, ...), or None once it is gone."
+    try: return (Path('/proc') / str(pid) / 'stat').read_text().rsplit(')', 1)[1].split()
+    except OSError: return None
+
+
+def running(pid:int) -> bool:
+    "Is process `pid` neither gone nor a zombie? (read from /proc)"
+    f = proc_stat(pid)
+    return f is not None and f[0] != 'Z'
