@@ -381,9 +381,12 @@ def make_candidate(cfg:GenerationConfig, index:int, attempt:int) -> Candidate:
 def corruption_region(seqs:np.ndarray, rate:float, rng:np.random.Generator, vocab_size:int) -> tuple:
     "`(position, letters)` whose region (token at `position` in `letters`) holds the share of `seqs` closest to `rate`."
     best, best_err = (0, []), math.inf
-    for pos in rng.permutation(seqs.shape[1]).tolist():
+    n, l = seqs.shape
+    counts = np.zeros((l, vocab_size), np.int64)              # counts[pos, a]: sequences with letter a at pos
+    np.add.at(counts, (np.broadcast_to(np.arange(l), seqs.shape), seqs), 1)
+    for pos in rng.permutation(l).tolist():
         order = rng.permutation(vocab_size).tolist()
-        share = np.cumsum([(seqs[:, pos] == a).mean() for a in order]) if len(seqs) else np.zeros(vocab_size)
+        share = np.cumsum(counts[pos, order] / n) if n else np.zeros(vocab_size)
         k = int(np.argmin(np.abs(share - rate)))
         if abs(share[k] - rate) < best_err: best, best_err = (pos, sorted(order[:k + 1])), abs(share[k] - rate)
     return best

@@ -467,8 +467,16 @@ class _Taken(set):
         self.mask = None if size is None else np.zeros(size, bool)
         if self.mask is not None and len(self): self.mask[np.fromiter(self, np.int64, len(self))] = True
     def update(self, codes):
-        codes = list(codes); super().update(codes)
-        if self.mask is not None and codes: self.mask[codes] = True
+        "Add `codes` (an int array, or any iterable of ints)."
+        arr = codes if isinstance(codes, np.ndarray) else np.fromiter(codes, np.int64)
+        super().update(arr.tolist())
+        if self.mask is not None and len(arr): self.mask[arr] = True
+    def copy(self) -> _Taken:
+        "An independent copy, mask included (cheaper than building one from the codes again)."
+        t = _Taken()
+        set.update(t, self)
+        t.mask = None if self.mask is None else self.mask.copy()
+        return t
 
 def _draw_listed(rng, pool, k, used:set):
     "Up to `k` distinct codes drawn uniformly without replacement from `pool` minus `used`."
@@ -481,14 +489,14 @@ def _draw_listed(rng, pool, k, used:set):
 
 def _draw_sparse(rng, base, n:int, bits, avoid, k:int, used:_Taken, max_rounds:int=8):
     "`k` distinct codes uniform over the pool by rejection: draws from `base` (codes; None: `0..n-1`) without its `avoid` bits or `used`; None if too few pass."
-    out = np.empty(0, np.int64)
+    got = {}                                                  # distinct codes in the order drawn (a dict keeps it)
     for _ in range(max_rounds):
-        i = rng.integers(0, n, max(2 * (k - len(out)) + 16, 64)); c = i if base is None else base[i]
-        c = c[((bits[c] & avoid) == 0) & ~used.mask[c]]
-        c = c[np.sort(np.unique(c, return_index=True)[1])]          # distinct, in the order drawn
-        if len(out): c = c[~np.isin(c, out)]                         # and not drawn in an earlier round
-        out = np.concatenate([out, c.astype(np.int64)])
-        if len(out) >= k: return out[:k]
+        i = rng.integers(0, n, max(2 * (k - len(got)) + 16, 64))
+        c = i if base is None else base[i]
+        ok = ~used.mask[c]
+        if avoid: ok &= (bits[c] & avoid) == 0
+        got.update(dict.fromkeys(c[ok].tolist()))           # a code drawn again keeps its first place
+        if len(got) >= k: return np.fromiter(got, np.int64, len(got))[:k]
     return None
 
 def _draw_generated(rng, gen, keep, k, used:set, space, max_rounds=60):
@@ -538,7 +546,11 @@ def _bits(self:PatternDatasetSampler):
     "Per listed code: its membership row as one integer bit mask, and per pattern its sorted codes (built once)."
     if '_bits_cache' not in self.__dict__:
         m = self.all_membership
-        bits = (m.astype(np.uint64) << np.arange(m.shape[1], dtype=np.uint64)).sum(1, dtype=np.uint64) if m.shape[1] <= 64 else None
+        bits = None
+        if m.shape[1] <= 64:                               # bit j is column j: 8 columns a byte, 8 bytes read as one integer
+            b = np.zeros((len(m), 8), np.uint8)
+            packed = np.packbits(m, axis=1, bitorder='little'); b[:, :packed.shape[1]] = packed
+            bits = b.view('<u8')[:, 0].astype(np.uint64)
         self._bits_cache = (bits, [np.flatnonzero(m[:, j]).astype(np.int64) for j in range(m.shape[1])])
     return self._bits_cache
 
@@ -606,7 +618,7 @@ def _draw_positives_for(self, rng, inc_idx, k, used, if_short, notes):
     order = sorted(inc_idx, key=lambda j: (self.counts[self.pattern_names[j]] or math.inf, j))
     for j in order:
         got = self._pool_draw(rng, j, [], k, used)
-        used.update(got.tolist())
+        used.update(got)
         name = self.pattern_names[j]
         if len(got) < k:
             have = self.counts[name]
@@ -631,11 +643,11 @@ def _draw_negatives(self, rng, inc_idx, n_neg, hard_share, used, notes):
         per = np.bincount(rng.permutation(np.arange(need) % len(live)), minlength=len(live))
         for j, kj in zip(list(live), per):
             if kj == 0: continue
-            got = self._pool_draw(rng, j, inc_idx, int(kj), used); used.update(got.tolist())
+            got = self._pool_draw(rng, j, inc_idx, int(kj), used); used.update(got)
             codes.append(got); source.append(np.full(len(got), -2 - j))
             if len(got) < kj: live.remove(j)
     n_hard_got = sum(map(len, codes))
-    got = self._pool_draw(rng, None, inc_idx, n_neg - n_hard_got, used); used.update(got.tolist())
+    got = self._pool_draw(rng, None, inc_idx, n_neg - n_hard_got, used); used.update(got)
     codes.append(got); source.append(np.full(len(got), -1))
     if n_hard_got < n_hard: notes['hard_negatives_short'] = n_hard - n_hard_got
     if n_hard_got + len(got) < n_neg: notes['negatives_short'] = n_neg - n_hard_got - len(got)
@@ -690,7 +702,7 @@ def create_evaluation_set(self:PatternDatasetSampler,
               'n_per_pattern', n_per_pattern, 'an integer >= 1')
     inc_idx = [self.pattern_names.index(n) for n in include]
     rng, seen, notes = self.rng(seed), self.codes_of(exclude), dict(kind='evaluation')
-    fresh = lambda: _Taken(seen, self.space.size if self.space.enumerable else None)    # only `exclude` taken
+    fresh = _Taken(seen, self.space.size if self.space.enumerable else None).copy      # only `exclude` taken
     codes, source = [], []
     for j in inc_idx:                                        # each block uniform over its pattern: blocks may share sequences
         got = self._pool_draw(rng, j, [], int(n_per_pattern), fresh())
@@ -748,7 +760,7 @@ def create_signature_dataset(self:PatternDatasetSampler,
     for j in usable:
         got = self._pool_draw(rng, j, [], per, used)
         if len(got) < per: got = np.concatenate([got, self.space.encode(draw_positives(self.patterns[j], rng, per - len(got), self.space))])
-        used.update(got.tolist()); codes.append(got); drawn += [self.pattern_names[j]] * len(got)
+        used.update(got); codes.append(got); drawn += [self.pattern_names[j]] * len(got)
     got = self._pool_draw(rng, None, list(range(len(self.pattern_names))), n_neg, used)
     if len(got) < n_neg: got = np.concatenate([got, self._pool_draw(rng, None, [], n_neg - len(got), used | set(got.tolist()))])
     codes.append(got); drawn += ['none'] * len(got)
@@ -793,13 +805,13 @@ def create_benchmark_dataset(self:PatternDatasetSampler,
     used, codes, source = self._taken(exclude), [], []
     for n in names:
         j = self.pattern_names.index(n)
-        pos = self._pool_draw(rng, j, [], n_per_pattern, used); used.update(pos.tolist())
+        pos = self._pool_draw(rng, j, [], n_per_pattern, used); used.update(pos)
         others = [i for i in range(len(self.pattern_names)) if i != j and self.pattern_names[i] not in self.problems]
         hard = []
         for i in rng.choice(others, n_per_pattern // 2):  # each hard negative from a random other pattern
             hard += self._pool_draw(rng, i, [j], 1, used).tolist(); used.update(hard[-1:])
         hard = np.array(hard, dtype=np.int64)
-        uni = self._pool_draw(rng, None, [j], n_per_pattern - len(hard), used); used.update(uni.tolist())
+        uni = self._pool_draw(rng, None, [j], n_per_pattern - len(hard), used); used.update(uni)
         codes += [pos, hard, uni]; source += [np.full(len(pos), j), np.full(len(hard), -2 - j), np.full(len(uni), -1)]
     codes = np.concatenate(codes); seqs = self.space.decode(codes)
     mem = membership(seqs, self.pattern_names)
