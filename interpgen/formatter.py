@@ -21,11 +21,11 @@ from .pipeline import TASKS, load_config, evaluation_set, repair_check, moved_pa
 # %% auto #0
 __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
            'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter',
-           'layer_arrays', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf', 'shipped_tokenizer_files',
-           'pack_tokenizer', 'shipped_tokenizer', 'load_tokenizer', 'count_tokens', 'reference_layout_text',
-           'record_split', 'zoo_candidates', 'iter_examples', 'is_export', 'export_examples', 'Answers', 'read_answers',
-           'find_export_info', 'answers_format', 'all_positive', 'AnswerScorer', 'score_answer', 'summarise',
-           'asked_records', 'evaluate_predictions', 'bench_formatter']
+           'layer_arrays', 'quantization_text', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf',
+           'shipped_tokenizer_files', 'pack_tokenizer', 'shipped_tokenizer', 'load_tokenizer', 'count_tokens',
+           'reference_layout_text', 'record_split', 'zoo_candidates', 'iter_examples', 'is_export', 'export_examples',
+           'Answers', 'read_answers', 'find_export_info', 'answers_format', 'all_positive', 'AnswerScorer',
+           'score_answer', 'summarise', 'asked_records', 'evaluate_predictions', 'bench_formatter']
 
 # %% ../nbs/05_formatter.ipynb #fc5168c0
 NUMBER_FORMATS = ('scaled', 'fixed')
@@ -183,14 +183,29 @@ def sig_lines(self:TrainingDataFormatter, sig:ActivationSignature, l:int) -> lis
     k = vals.shape[1]
     return [_row(None if self.compact else f'n{j}', nums[j * k:(j + 1) * k]) for j in range(len(vals))]
 
+# %% ../nbs/05_formatter.ipynb #4870aeac
+_QUANT_VALUES = dict(int8='a whole number from -127 to 127 times', int4='a whole number from -7 to 7 times',
+                     ternary='-1, 0 or 1 times', binary='-1 or 1 times')
+
+def quantization_text(method:str) -> str:
+    "The sentence a prompt uses to state how its weights were quantized (`quantize_tensor`'s rule, per weight matrix and bias vector)."
+    check_arg(method in _QUANT_VALUES, 'quantization', method, f'one of {list(_QUANT_VALUES)}')
+    scale = 'its largest magnitude / ' + ('127' if method == 'int8' else '7') if method in ('int8', 'int4') else 'one value'
+    return (f"The weights were quantized ({method}) after training: each layer's weight matrix, and its bias vector, has "
+            f"its own scale ({scale}), and each number is {_QUANT_VALUES[method]} that scale (written rounded as above).")
+
+
 # %% ../nbs/05_formatter.ipynb #62d914b4
 @patch
-def model_text(self:TrainingDataFormatter, arch:SubjectArch, flat, sig:ActivationSignature|None) -> str:
+def model_text(self:TrainingDataFormatter, arch:SubjectArch, flat, sig:ActivationSignature|None,
+               quantization:str|None=None # how the weights were quantized after training (`QUANTIZATIONS`), said in the text
+              ) -> str:
     "The model part of a prompt: weights and signature, in the formatter's style."
     has_sig = sig is not None and len(self.sig_columns(sig)) > 0
     L, lines = len(arch.hidden) + 1, []
     head = (f"Numbers: weights are {self.numbers.describe()}"
             + (f"; signature values are {self.sig_numbers.describe()}." if has_sig else '.'))
+    if quantization: head += ' ' + quantization_text(quantization)
     wnote = "Weights: per layer, one line per neuron: its incoming weights (one per input), then '|' and its bias."
     snote = (f"Activation signature: the model run on a fixed set of probe sequences (signature dataset "
              f"{sig.layout.signature_sha256[:12]}); one line per neuron, {self.sig_header(sig)}." if has_sig else '')
@@ -225,13 +240,15 @@ def prompt(self:TrainingDataFormatter, rec:ZooRecord, task:str, # `classificatio
            candidates:list|None=None) -> str: # patterns a classification prompt lists (default: every registered one)
     "The prompt of `rec` for `task`."
     which = self._which(rec, task)
-    out = [arch_text(rec.arch), self.model_text(rec.arch, rec.params[which], rec.signatures.get(which)), '', '## Task']
+    q = rec.meta.get('quantization')
+    out = [arch_text(rec.arch), self.model_text(rec.arch, rec.params[which], rec.signatures.get(which), q), '', '## Task']
     if task == 'modification':
         t = rec.meta['target']
         out += [f"This model was trained on data in which part of the positive examples of one pattern were labelled "
                 f"negative, so it misses part of that pattern:", pattern_line(t),
                 "Write the weights of a repaired model that detects this pattern fully and everything else as before: "
-                "the same architecture, in the same format as above, starting at [layer 0: ...]."]
+                f"the same architecture{f', quantized the same way ({q})' if q else ''}, in the same format as above, "
+                "starting at [layer 0: ...]."]
     else:
         cands = list(candidates or PATTERNS)
         out += ["Which of these patterns does this model detect (a sequence is positive when it has any of them)?",

@@ -48,6 +48,7 @@ def test_prompt_content(zoo):
     lines = p.splitlines()
     assert any(l.startswith(f'- {t}: ') for l in lines) and sum(l.startswith('[layer ') for l in lines) == len(rec.arch.hidden) + 1
     assert lines.count('signature:') == len(rec.arch.hidden) + 1
+    assert 'quantized' not in p                                       # a float zoo's prompt says nothing of quantization
     c = f.prompt(rec, 'classification', zoo_candidates(zoo))
     assert all(f'- {n}: ' in c for n in zoo_candidates(zoo))
     assert f.completion(rec, 'classification', zoo_candidates(zoo)) == ', '.join(n for n in zoo_candidates(zoo) if n in rec.meta['patterns'])
@@ -55,6 +56,24 @@ def test_prompt_content(zoo):
     bare = replace(rec, signatures={})
     for style in ('separate', 'interwoven'):
         assert 'signature' not in TrainingDataFormatter(style=style).prompt(bare, 'modification').lower()
+
+
+@pytest.mark.parametrize('method', ['int8', 'ternary'])
+def test_a_quantized_zoo_says_so_and_it_is_true(tmp_path, method):
+    "The prompt states the quantization, and what it says holds for every weight matrix and bias vector of both models."
+    d = dict(TINY, size=4, training=dict(TINY['training'], quantization=method), store=dict(chunk_records=4, shard_records=4))
+    zoo = DatasetGenerationPipeline(d).run(tmp_path / 'q.zarr', progress=False)
+    f = TrainingDataFormatter()
+    for rec in zoo:
+        p = f.prompt(rec, 'modification')
+        assert f'The weights were quantized ({method}) after training' in p and f'quantized the same way ({method})' in p
+        for which in ('subject', 'modified'):
+            for name, w in rec.model(which).state_dict().items():      # own check of the stated rule, tensor by tensor
+                w = w.double().numpy().ravel(); a = np.abs(w)
+                if method == 'int8':
+                    k = w / (a.max() / 127)
+                    assert np.allclose(k, np.round(k), atol=1e-3) and np.abs(np.round(k)).max() == 127, name
+                else: assert len(np.unique(a[a > 0].round(6))) == 1, name     # -s, 0 or s
 
 
 def test_layers_in_numeric_order_beyond_ten():
