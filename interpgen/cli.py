@@ -193,7 +193,8 @@ def interpgen_export(store:str, # the zoo to export
                                _shares(shares), split_seed, tuple(_names(holdout_patterns) or ()), max_tokens,
                                None if tokenizer == 'none' else tokenizer, overwrite, written_only, progress=not quiet)
     print(f"{out}: {task} examples as {format} of {info['written']} of {info['records']} records: " + ', '.join(f'{s} {n}' for s, n in info['counts'].items())
-          + (f"; {info['dropped_over_budget']} over the budget of {max_tokens} tokens dropped" if max_tokens else '')
+          + (f"; {info['dropped_over_budget']} over the budget of {max_tokens} tokens dropped ("
+             + ', '.join(f'{s} {n}' for s, n in info['dropped_by_split'].items()) + ')' if max_tokens else '')
           + f" ({time.perf_counter() - t0:.1f} s)")
     rows = [dict(tokens=k, **v) for k, v in info['tokens'].items() if v]
     if rows: print(_table([{k: (f'{v:,.0f}' if isinstance(v, float) else v) for k, v in r.items()} for r in rows]))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_formatter.ipynb #517a7941
 from __future__ import annotations
-import gzip, hashlib, importlib.util, json, os, re, shutil, tempfile
+import functools, gzip, hashlib, importlib.util, json, os, re, shutil, tempfile
 from collections import Counter
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
@@ -23,9 +23,9 @@ __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGU
            'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter',
            'layer_arrays', 'quantization_text', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf',
            'shipped_tokenizer_files', 'pack_tokenizer', 'shipped_tokenizer', 'load_tokenizer', 'count_tokens',
-           'reference_layout_text', 'record_split', 'zoo_candidates', 'iter_examples', 'is_export', 'export_examples',
-           'Answers', 'read_answers', 'find_export_info', 'answers_format', 'all_positive', 'AnswerScorer',
-           'score_answer', 'summarise', 'asked_records', 'evaluate_predictions', 'bench_formatter']
+           'reference_layout_text', 'split_block', 'record_split', 'zoo_candidates', 'iter_examples', 'is_export',
+           'export_examples', 'Answers', 'read_answers', 'find_export_info', 'answers_format', 'all_positive',
+           'AnswerScorer', 'score_answer', 'summarise', 'asked_records', 'evaluate_predictions', 'bench_formatter']
 
 # %% ../nbs/05_formatter.ipynb #fc5168c0
 NUMBER_FORMATS = ('scaled', 'fixed')
@@ -418,17 +418,32 @@ def reference_layout_text(rec:ZooRecord, task:str='modification') -> dict:
 # %% ../nbs/05_formatter.ipynb #fb32637a
 SPLITS = ('train', 'validation', 'test')
 
+def split_block(shares) -> int:
+    "Records per block of the split: the fewest (up to 100) in which every share is a whole number of records."
+    return next((b for b in range(1, 101) if all(abs(s * b - round(s * b)) < 1e-9 for s in shares)), 100)
+
+@functools.lru_cache(maxsize=4096)
+def _block_slots(shares:tuple, seed:int, block:int) -> tuple:
+    "The splits of one block's positions: its exact shares (largest remainders when inexact), in a seeded order."
+    b = split_block(shares); n = [int(s * b) for s in shares]
+    for j in sorted(range(3), key=lambda j: -(shares[j] * b - n[j]))[:b - sum(n)]: n[j] += 1
+    slots = [s for s, k in zip(SPLITS, n) for _ in range(k)]
+    rng = np.random.default_rng(int(hashlib.sha256(f'interpgen.split:{seed}:{block}'.encode()).hexdigest()[:15], 16))
+    return tuple(slots[i] for i in rng.permutation(b))
+
 def record_split(index:int, # the record's index in the zoo
                  patterns:list, # its patterns
                  shares=(0.8, 0.1, 0.1), # train, validation, test
                  seed:int=0, # split seed
                  holdout_patterns=()) -> str: # records with any of these go to test
-    "The split of one record: a function of the seed and its index (and the held-out patterns) only."
+    """The split of one record, a function of the seed and its index (and the held-out patterns) only: every block of
+    `split_block(shares)` consecutive indices (10 for the default shares) holds each share exactly, in a seeded order."""
     check_arg(len(shares) == 3 and all(s >= 0 for s in shares) and abs(sum(shares) - 1) < 1e-9, 'shares', shares,
               'three non-negative numbers (train, validation, test) that sum to 1')
     if set(patterns) & set(holdout_patterns): return 'test'
-    u = int(hashlib.sha256(f'interpgen.split:{seed}:{index}'.encode()).hexdigest()[:13], 16) / 16**13
-    return 'train' if u < shares[0] else 'validation' if u < shares[0] + shares[1] else 'test'
+    b = split_block(shares)
+    return _block_slots(tuple(float(s) for s in shares), int(seed), index // b)[index % b]
+
 
 # %% ../nbs/05_formatter.ipynb #21647e5a
 def zoo_candidates(zoo:Zoo) -> list: return list(zoo.config['dataset']['patterns'])
@@ -498,19 +513,28 @@ def export_examples(store, # a zoo path or an open `Zoo`
     f = formatter or TrainingDataFormatter()
     rows, lengths, dropped, indices = {s: [] for s in SPLITS}, dict(prompt=[], completion=[], total=[]), [], {s: [] for s in SPLITS}
     bar = tqdm(total=len(todo), desc=f'export {task}', unit='rec', disable=not progress)
+    dropped_by_split = Counter({s: 0 for s in SPLITS})
     for i, ex in iter_examples(zoo, task, f, indices=todo, tokenizer=tokenizer):
         bar.update(1)
         m = ex['metadata']
+        s = record_split(i, m['patterns'], shares, split_seed, holdout_patterns)
         if tokenizer is not None:
             tot = m['prompt_tokens'] + m['completion_tokens']
-            if max_tokens is not None and tot > max_tokens: dropped.append(i); continue
+            if max_tokens is not None and tot > max_tokens: dropped.append(i); dropped_by_split[s] += 1; continue
             lengths['prompt'].append(m['prompt_tokens']); lengths['completion'].append(m['completion_tokens']); lengths['total'].append(tot)
-        s = record_split(i, m['patterns'], shares, split_seed, holdout_patterns); m['split'] = s; indices[s].append(i)
+        m['split'] = s; indices[s].append(i)
         rows[s].append(dict(prompt=ex['prompt'], completion=ex['completion'], metadata=json.dumps(m)))
     bar.close()
+    wanted = [s for s, share in zip(SPLITS, shares) if share > 0 or (s == 'test' and holdout_patterns)]
+    if empty := [s for s in wanted if not rows[s]]:
+        s = empty[0]; budget = f' and {dropped_by_split[s]} of its examples are over --max_tokens {max_tokens}' if dropped_by_split[s] else ''
+        raise InterpgenError(
+            f"split {s!r} would be empty: {len(indices[s]) + dropped_by_split[s]} of the {len(todo)} records are in it{budget}; "
+            + ("raise --max_tokens or shorten the examples (--precision, --compact, --signature_columns)" if budget else
+               f"export a zoo of at least {split_block(shares)} records, or other --shares") + " (nothing was written)")
     info = dict(store=str(zoo.path), task=task, format=format, records=len(zoo), written=len(todo),
                 counts={s: len(r) for s, r in rows.items()}, indices=indices,
-                dropped_over_budget=len(dropped), dropped_indices=dropped[:100], max_tokens=max_tokens,
+                dropped_over_budget=len(dropped), dropped_by_split=dict(dropped_by_split), dropped_indices=dropped[:100], max_tokens=max_tokens,
                 tokenizer=tokenizer if isinstance(tokenizer, str) or tokenizer is None else getattr(tokenizer, 'name_or_path', 'custom'),
                 tokens={k: _quant(v) for k, v in lengths.items()}, shares=list(shares), split_seed=split_seed,
                 holdout_patterns=list(holdout_patterns), formatter=f.settings(), config_hash=zoo.attrs['config_hash'])

