@@ -184,6 +184,7 @@ def interpgen_export(store:str, # the zoo to export
                      tokenizer:str=DEFAULT_MODEL, # tokenizer for the counts: a built-in name, a local folder, or `none`
                      overwrite:bool=False, # replace `out`
                      written_only:bool=False, # export the records written so far of a zoo not finished yet
+                     chat:bool=False, # rows of `messages` (system, user, assistant), the chat format, instead of prompt/completion
                      quiet:bool=False): # no progress bar
     "Export a zoo's prompt/completion examples as a Hugging Face dataset (jsonl, parquet or hf), split by record."
     t0 = time.perf_counter()
@@ -191,7 +192,7 @@ def interpgen_export(store:str, # the zoo to export
         check_arg(out is not None, 'out', out, 'a folder to write, e.g. --out prompts')
         info = export_examples(store, task, out, format, _formatter(style, number_format, precision, signature_precision, signature_columns, compact),
                                _shares(shares), split_seed, tuple(_names(holdout_patterns) or ()), max_tokens,
-                               None if tokenizer == 'none' else tokenizer, overwrite, written_only, progress=not quiet)
+                               None if tokenizer == 'none' else tokenizer, overwrite, written_only, progress=not quiet, chat=chat)
     print(f"{out}: {task} examples as {format} of {info['written']} of {info['records']} records: " + ', '.join(f'{s} {n}' for s, n in info['counts'].items())
           + (f"; {info['dropped_over_budget']} over the budget of {max_tokens} tokens dropped ("
              + ', '.join(f'{s} {n}' for s, n in info['dropped_by_split'].items()) + ')' if max_tokens else '')

@@ -12,20 +12,21 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler, remove_tree
+from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler, remove_tree, content_hash
 from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state, init_params
 from .extractor import ActivationSignature
-from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, check_output, temp_sibling, replace_path, _quantiles
+from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, check_output, temp_sibling, replace_path, _quantiles, package_versions
 from .pipeline import TASKS, load_config, evaluation_set, repair_check, moved_patterns, negatives_kept
 
 # %% auto #0
 __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
-           'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter',
+           'CHAT_SYSTEM', 'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter',
            'layer_arrays', 'quantization_text', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf',
            'shipped_tokenizer_files', 'pack_tokenizer', 'shipped_tokenizer', 'load_tokenizer', 'count_tokens',
-           'reference_layout_text', 'split_block', 'record_split', 'zoo_candidates', 'iter_examples', 'is_export',
-           'export_examples', 'Answers', 'read_answers', 'find_export_info', 'answers_format', 'all_positive',
-           'AnswerScorer', 'score_answer', 'summarise', 'asked_records', 'evaluate_predictions', 'bench_formatter']
+           'reference_layout_text', 'split_block', 'record_split', 'zoo_candidates', 'iter_examples', 'example_row',
+           'dataset_card', 'is_export', 'export_examples', 'Answers', 'read_answers', 'find_export_info',
+           'answers_format', 'all_positive', 'AnswerScorer', 'score_answer', 'summarise', 'asked_records',
+           'evaluate_predictions', 'bench_formatter']
 
 # %% ../nbs/05_formatter.ipynb #fc5168c0
 NUMBER_FORMATS = ('scaled', 'fixed')
@@ -465,24 +466,75 @@ def iter_examples(zoo:Zoo, task:str, # `classification` or `modification`
 
 # %% ../nbs/05_formatter.ipynb #5f3e4a91
 EXPORT_FORMATS = ('jsonl', 'parquet', 'hf')
-COLUMNS = ('prompt', 'completion', 'metadata')  # every export's columns, all strings (metadata is JSON)
+COLUMNS = ('prompt', 'completion', 'metadata')   # an export's columns; with `chat`, `messages` in place of prompt and completion
+CHAT_SYSTEM = ("You read the weights and activation signatures of small neural networks that classify sequences of "
+               "letters, and answer questions about them or write repaired weights.")   # the system turn of `chat` rows
 
 def _quant(x) -> dict:
     "The store's summary quantiles of `x`, plus the 90th percentile (what a context length is chosen from)."
     return _quantiles(x) | (dict(p90=float(np.percentile(x, 90))) if len(x) else {})
 
-def _write_split(rows:list, path:Path, fmt:str):
+def example_row(ex:dict, # an example of `iter_examples`
+                chat:bool=False # `messages` (system, user, assistant) instead of `prompt` and `completion`
+               ) -> dict:
+    "One exported row: the texts, and the metadata as an object (a struct in parquet and hf)."
+    if not chat: return dict(prompt=ex['prompt'], completion=ex['completion'], metadata=ex['metadata'])
+    turns = [('system', CHAT_SYSTEM), ('user', ex['prompt']), ('assistant', ex['completion'])]
+    return dict(messages=[dict(role=r, content=t) for r, t in turns], metadata=ex['metadata'])
+
+def _schema(rows:dict):
+    "One Arrow schema for every split's rows, inferred from all of them (a split alone may lack a value that others have)."
+    import pyarrow as pa
+    return pa.Table.from_pylist([r for rs in rows.values() for r in rs]).schema
+
+def _write_split(rows:list, path:Path, fmt:str, schema=None):
     if fmt == 'jsonl':
         with open(path, 'w') as fh:
             for r in rows: fh.write(json.dumps(r) + '\n')
     else:
         import pyarrow as pa, pyarrow.parquet as pq
-        pq.write_table(pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in COLUMNS}), path)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+
+# %% ../nbs/05_formatter.ipynb #9fbe8677
+def dataset_card(info:dict) -> str:
+    "The README.md of an export: what it holds, how it was made, its counts and token lengths; its YAML header lets `datasets.load_dataset(folder)` find the splits."
+    fmt, chat = info['format'], info.get('chat')
+    head = ''
+    if fmt in ('jsonl', 'parquet'):
+        files = ''.join(f"  - split: {s}\n    path: {s}.{fmt}\n" for s in SPLITS)
+        head = f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}---\n\n"
+    cols = ("`messages` (system, user: the prompt, assistant: the answer)" if chat else "`prompt` and `completion`") + ", and `metadata`"
+    tok = info['tokens']
+    table = ['| tokens | min | median | p90 | max |', '|---|---:|---:|---:|---:|']
+    table += [f"| {k} | {v['min']:,.0f} | {v['median']:,.0f} | {v['p90']:,.0f} | {v['max']:,.0f} |" for k, v in tok.items() if v]
+    what = ('which of the candidate patterns the model detects' if info['task'] == 'classification' else
+            "the weights of a repaired model, given a model whose one pattern's labels were corrupted in training")
+    lines = [f"# interpgen {info['task']} examples", '',
+             f"Made by interpgen {info['interpgen_version']} from the zoo `{Path(info['store']).name}` (config hash "
+             f"`{info['config_hash'][:16]}`, zoo hash `{info['zoo_hash'][:16]}` over the exported records' hashes): "
+             f"{sum(info['counts'].values())} examples from {info['written']} of its {info['records']} records, one per record. "
+             f"Each prompt shows a subject model's weights and activation signature and asks for {what}.", '',
+             f"Columns: {cols}: the record's index and hash, its patterns and target, architecture, the text settings and "
+             f"token counts, and its split.", '',
+             '| split | examples | over the token budget |', '|---|---:|---:|']
+    lines += [f"| {s} | {info['counts'][s]} | {info['dropped_by_split'][s]} |" for s in SPLITS]
+    lines += ['', f"Splits by record (shares {info['shares']}, split seed {info['split_seed']}, exact in every block of "
+              f"{split_block(info['shares'])} consecutive records)" + (f"; every record with {', '.join(info['holdout_patterns'])} "
+              "is in test" if info['holdout_patterns'] else '') + '.', '',
+              f"Token lengths ({info['tokenizer']} tokenizer):" if table[2:] else 'Token lengths were not counted.', '']
+    if table[2:]: lines += table + ['']
+    lines += ['Text settings: ' + ', '.join(f'{k}={v}' for k, v in info['formatter'].items()) + '.',
+              f"Budget: {info['max_tokens']} tokens a prompt and answer." if info['max_tokens'] else 'No token budget.', '',
+              'The zoo itself (models, datasets, evaluation sets) is the source of truth: `interpgen_evaluate` scores '
+              "answers on each record's evaluation set, and `export_info.json` holds everything above as JSON."]
+    return head + '\n'.join(lines) + '\n'
+
 
 # %% ../nbs/05_formatter.ipynb #2939b4e9
 def is_export(path) -> bool:
     "Is `path` a folder `export_examples` wrote: its info file, and nothing but what an export writes?"
-    p, names = Path(path), {f'{s}.{e}' for s in SPLITS for e in ('jsonl', 'parquet')} | set(SPLITS) | {'export_info.json', 'dataset_dict.json'}
+    p, names = Path(path), {f'{s}.{e}' for s in SPLITS for e in ('jsonl', 'parquet')} | set(SPLITS) | {'export_info.json', 'dataset_dict.json', 'README.md'}
     return p.is_dir() and (p/'export_info.json').is_file() and all(c.name in names for c in p.iterdir())
 
 def export_examples(store, # a zoo path or an open `Zoo`
@@ -497,8 +549,10 @@ def export_examples(store, # a zoo path or an open `Zoo`
                     tokenizer=DEFAULT_MODEL, # tokenizer for counts (a name or a tokenizer); None: no counts
                     overwrite:bool=False, # replace `out` if it exists
                     written_only:bool=False, # export the records written so far of a zoo not finished yet (default: such a zoo is refused)
-                    progress:bool=True) -> dict: # a progress bar
-    "Write `task` examples of a zoo as a Hugging Face dataset split by record; return the export's summary."
+                    progress:bool=True, # a progress bar
+                    chat:bool=False # rows of `messages` (system, user, assistant) instead of `prompt` and `completion`
+                   ) -> dict: # the export's summary (also its `export_info.json`; its README.md is `dataset_card` of it)
+    "Write `task` examples of a zoo as a Hugging Face dataset split by record, with a dataset card; return the export's summary."
     check_arg(format in EXPORT_FORMATS, 'format', format, f'one of {EXPORT_FORMATS}')
     check_arg(task in TASKS, 'task', task, f'one of {TASKS}')
     check_arg(max_tokens is None or (isinstance(max_tokens, int) and max_tokens > 0), 'max_tokens', max_tokens, 'a positive integer or None')
@@ -523,7 +577,7 @@ def export_examples(store, # a zoo path or an open `Zoo`
             if max_tokens is not None and tot > max_tokens: dropped.append(i); dropped_by_split[s] += 1; continue
             lengths['prompt'].append(m['prompt_tokens']); lengths['completion'].append(m['completion_tokens']); lengths['total'].append(tot)
         m['split'] = s; indices[s].append(i)
-        rows[s].append(dict(prompt=ex['prompt'], completion=ex['completion'], metadata=json.dumps(m)))
+        rows[s].append(example_row(ex, chat))
     bar.close()
     wanted = [s for s, share in zip(SPLITS, shares) if share > 0 or (s == 'test' and holdout_patterns)]
     if empty := [s for s in wanted if not rows[s]]:
@@ -532,22 +586,25 @@ def export_examples(store, # a zoo path or an open `Zoo`
             f"split {s!r} would be empty: {len(indices[s]) + dropped_by_split[s]} of the {len(todo)} records are in it{budget}; "
             + ("raise --max_tokens or shorten the examples (--precision, --compact, --signature_columns)" if budget else
                f"export a zoo of at least {split_block(shares)} records, or other --shares") + " (nothing was written)")
-    info = dict(store=str(zoo.path), task=task, format=format, records=len(zoo), written=len(todo),
+    hashes = zoo.hashes()
+    info = dict(store=str(zoo.path), task=task, format=format, chat=chat, records=len(zoo), written=len(todo),
                 counts={s: len(r) for s, r in rows.items()}, indices=indices,
                 dropped_over_budget=len(dropped), dropped_by_split=dict(dropped_by_split), dropped_indices=dropped[:100], max_tokens=max_tokens,
                 tokenizer=tokenizer if isinstance(tokenizer, str) or tokenizer is None else getattr(tokenizer, 'name_or_path', 'custom'),
                 tokens={k: _quant(v) for k, v in lengths.items()}, shares=list(shares), split_seed=split_seed,
-                holdout_patterns=list(holdout_patterns), formatter=f.settings(), config_hash=zoo.attrs['config_hash'])
+                holdout_patterns=list(holdout_patterns), formatter=f.settings(), config_hash=zoo.attrs['config_hash'],
+                zoo_hash=content_hash([hashes[i] for i in todo]), interpgen_version=package_versions()['interpgen'])
     tmp = temp_sibling(out)
     try:
+        schema = _schema(rows) if format != 'jsonl' else None
         if format == 'hf':
             import datasets
-            feats = datasets.Features({c: datasets.Value('string') for c in COLUMNS})
-            datasets.DatasetDict({s: datasets.Dataset.from_dict({c: [r[c] for r in rs] for c in COLUMNS}, features=feats)
-                                  for s, rs in rows.items()}).save_to_disk(str(tmp))
+            feats = datasets.Features.from_arrow_schema(schema)
+            datasets.DatasetDict({s: datasets.Dataset.from_list(rs, features=feats) for s, rs in rows.items()}).save_to_disk(str(tmp))
         else:
-            for s, rs in rows.items(): _write_split(rs, tmp/f'{s}.{format}', format)
+            for s, rs in rows.items(): _write_split(rs, tmp/f'{s}.{format}', format, schema)
         (tmp/'export_info.json').write_text(json.dumps(info, indent=1))
+        (tmp/'README.md').write_text(dataset_card(info))
         replace_path(tmp, out)
     finally:
         if tmp.exists(): remove_tree(tmp)
@@ -573,10 +630,16 @@ def _answer_meta(r:dict) -> tuple:
     if m is not None and not isinstance(m, dict): return None, f'its "metadata" is a JSON {type(m).__name__}, not an object'
     return m or {}, None
 
+def _assistant(messages):
+    "The last assistant turn's text of a chat row (`messages`), or None."
+    if not isinstance(messages, list): return None
+    said = [m.get('content') for m in messages if isinstance(m, dict) and m.get('role') == 'assistant']
+    return said[-1] if said else None
+
 def read_answers(source, # a JSON-lines file, or a dict record index -> answer text
                  n_records:int # records in the zoo: valid indices are 0 .. n_records - 1
                 ) -> Answers:
-    "Check every line of `source`: a JSON object, an integer `index` (or `metadata.index`) of a record, a string `completion` (or `prediction`), one answer per record."
+    "Check every line of `source`: a JSON object, an integer `index` (or `metadata.index`) of a record, a string `completion` (or `prediction`, or the last assistant turn of `messages`), one answer per record."
     if isinstance(source, dict): items, name = [(None, dict(index=k, completion=v)) for k, v in source.items()], None
     else:
         p = Path(source); check_arg(p.is_file(), 'predictions', str(source), 'a JSON-lines file that exists')
@@ -595,7 +658,7 @@ def read_answers(source, # a JSON-lines file, or a dict record index -> answer t
         if isinstance(i, bool) or not isinstance(i, int):
             a.problems.append((n, f'"index" is {_short(i)}: expected an integer (or an exported metadata.index)')); continue
         if not 0 <= i < n_records: a.problems.append((n, f'index {_short(i)} is not a record of this zoo (0..{n_records - 1})')); continue
-        ans = r['completion'] if 'completion' in r else r.get('prediction')
+        ans = r['completion'] if 'completion' in r else r['prediction'] if 'prediction' in r else _assistant(r.get('messages'))
         if not isinstance(ans, str):
             a.problems.append((n, f'record {i}: the answer ("completion" or "prediction") is {_short(ans)}, not a string')); continue
         if i in a.texts:

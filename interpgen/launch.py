@@ -8,7 +8,7 @@ __all__ = ['RESUMABLE', 'launch', 'interpgen_sample', 'interpgen_sigset', 'inter
            'interpgen_directions']
 
 # %% ../nbs/08a_launch.ipynb #9cf36a78
-import importlib, sys
+import importlib, os, sys
 
 RESUMABLE = ('interpgen_generate', 'interpgen_concepts')   # running these again picks up where they stopped
 
@@ -19,9 +19,13 @@ def launch(cmd:str, # the console script's name
         module, name = target.split(':'); main = getattr(importlib.import_module(module), name)
     except KeyboardInterrupt:
         print(f"{cmd}: interrupted" + ("; run the same command to resume" if cmd in RESUMABLE else ''), file=sys.stderr); sys.exit(2)
-    if not hasattr(main, '__wrapped__'): return main()          # a `*_main` that parses `sys.argv` itself
-    from fastcore.script import _run_cli                         # a `call_parse` command: parse `sys.argv` as its own script would
-    return _run_cli(main.__wrapped__, False)
+    try:
+        if not hasattr(main, '__wrapped__'): return main()      # a `*_main` that parses `sys.argv` itself
+        from fastcore.script import _run_cli                     # a `call_parse` command: parse `sys.argv` as its own script would
+        return _run_cli(main.__wrapped__, False)
+    except BrokenPipeError:                                      # output piped into `head` and the like, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so the flush at exit does not fail again
+        sys.exit(1)
 
 # %% ../nbs/08a_launch.ipynb #0f642330
 def interpgen_sample(): return launch('interpgen_sample', 'interpgen.cli:interpgen_sample')

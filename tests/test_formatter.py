@@ -127,7 +127,7 @@ def test_the_base_install_exports_with_token_counts(zoo_path, tmp_path):
     cli('interpgen_export', zoo_path, '--out', tmp_path / 'y', '--quiet')      # with the model package installed
     for s in SPLITS:
         a, b = _read_jsonl(tmp_path / 'x' / f'{s}.jsonl'), _read_jsonl(tmp_path / 'y' / f'{s}.jsonl')
-        assert a == b and all(json.loads(x['metadata'])['prompt_tokens'] > 0 for x in a)
+        assert a == b and all(x['metadata']['prompt_tokens'] > 0 for x in a)
 
 
 def test_export_formats_load_with_datasets(zoo_path, tmp_path):
@@ -140,12 +140,11 @@ def test_export_formats_load_with_datasets(zoo_path, tmp_path):
     h = datasets.load_from_disk(str(tmp_path / 'hf'))
     for d in (j, p, h):
         assert sum(len(d[s]) for s in SPLITS) == 24 and d['train'].column_names == ['prompt', 'completion', 'metadata']
-        assert [json.loads(m)['index'] for m in d['test']['metadata']] == [json.loads(m)['index'] for m in h['test']['metadata']]
+        assert [m['index'] for m in d['test']['metadata']] == [m['index'] for m in h['test']['metadata']]
         assert d['train']['prompt'] == h['train']['prompt']
     zoo = open_zoo(zoo_path)
     for s in SPLITS:
-        for m in h[s]['metadata']:
-            m = json.loads(m)
+        for m in h[s]['metadata']:                                         # an object (a struct), not a JSON string
             assert m['split'] == s == record_split(m['index'], m['patterns']) and m['hash'] == zoo.hashes()[m['index']]
     info = json.loads((tmp_path / 'jsonl' / 'export_info.json').read_text())
     assert info['counts'] == {s: len(h[s]) for s in SPLITS} and info['tokens']['prompt']['max'] > info['tokens']['prompt']['min'] > 0
@@ -154,18 +153,47 @@ def test_export_formats_load_with_datasets(zoo_path, tmp_path):
     for s in SPLITS: assert (tmp_path / 'again' / f'{s}.jsonl').read_bytes() == (tmp_path / 'jsonl' / f'{s}.jsonl').read_bytes()
 
 
+def test_chat_exports_load_by_folder_and_score_as_answers(zoo_path, zoo, tmp_path):
+    "`--chat` rows are system/user/assistant turns a chat template takes; every export loads by its folder (the card names the files)."
+    import datasets
+    from interpgen.formatter import shipped_tokenizer
+    datasets.disable_progress_bars()
+    plain = datasets.load_dataset(str(_export(zoo_path, tmp_path / 'plain')))
+    tok = shipped_tokenizer()
+    for fmt in ('jsonl', 'parquet', 'hf'):
+        out = _export(zoo_path, tmp_path / fmt, '--chat', '--format', fmt)
+        d = datasets.load_from_disk(str(out)) if fmt == 'hf' else datasets.load_dataset(str(out))
+        card = (out / 'README.md').read_text()
+        assert f"| test | {len(d['test'])} | 0 |" in card and zoo.attrs['config_hash'][:16] in card
+        for s in SPLITS:
+            assert d[s].column_names == ['messages', 'metadata'] and len(d[s]) == len(plain[s])
+            for row, p in zip(d[s], plain[s]):
+                assert [m['role'] for m in row['messages']] == ['system', 'user', 'assistant']
+                assert (row['messages'][1]['content'], row['messages'][2]['content']) == (p['prompt'], p['completion'])
+                assert row['metadata'] == p['metadata'] and row['metadata']['split'] == s
+        text = tok.apply_chat_template(d['train'][0]['messages'], tokenize=False)
+        assert d['train'][0]['messages'][2]['content'] in text and text.count('<|im_start|>') == 3
+    sc = _scores(zoo_path, tmp_path, '--predictions', tmp_path / 'jsonl' / 'test.jsonl')     # the assistant turns are the answers
+    assert sc['repaired_rate'] == 1.0 and sc['recovered'] == 1.0 and len(sc['records']) == len(plain['test'])
+
+
+def _export(zoo_path, out, *args):
+    cli('interpgen_export', zoo_path, '--out', out, '--quiet', *args)
+    return out
+
+
 def test_holdout_patterns_and_budget(zoo_path, zoo, tmp_path):
     counts = {n: sum(n in r.meta['patterns'] for r in zoo) for n in zoo_candidates(zoo)}
     held = max(counts, key=counts.get)
     r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'h', '--task', 'classification', '--holdout_patterns', held, '--quiet')
     for s in SPLITS:
-        ms = [json.loads(x['metadata']) for x in _read_jsonl(tmp_path / 'h' / f'{s}.jsonl')]
+        ms = [x['metadata'] for x in _read_jsonl(tmp_path / 'h' / f'{s}.jsonl')]
         assert all((held in m['patterns']) == (s == 'test') for m in ms if s != 'test') and (s != 'test' or sum(held in m['patterns'] for m in ms) == counts[held])
     totals = sorted(m['prompt_tokens'] + m['completion_tokens'] for s in SPLITS
-                    for m in (json.loads(x['metadata']) for x in _read_jsonl(tmp_path / 'h' / f'{s}.jsonl')))
+                    for m in (x['metadata'] for x in _read_jsonl(tmp_path / 'h' / f'{s}.jsonl')))
     budget = totals[len(totals) // 2]
     r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'b', '--task', 'classification', '--max_tokens', budget, '--quiet')
-    kept = [json.loads(x['metadata']) for s in SPLITS for x in _read_jsonl(tmp_path / 'b' / f'{s}.jsonl')]
+    kept = [x['metadata'] for s in SPLITS for x in _read_jsonl(tmp_path / 'b' / f'{s}.jsonl')]
     assert len(kept) == sum(t <= budget for t in totals) and all(m['prompt_tokens'] + m['completion_tokens'] <= budget for m in kept)
     assert f"{sum(t > budget for t in totals)} over the budget of {budget} tokens dropped" in r.stdout
     info = json.loads((tmp_path / 'b' / 'export_info.json').read_text())         # what did not fit, counted per split
@@ -258,7 +286,7 @@ def test_number_format_travels_with_the_answers(zoo_path, exports, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and '--precision 3 conflicts' in r.stderr
     # without metadata, the export's info file beside the answers states it
     rows = [json.loads(x) for x in (exports / 'p2' / 'train.jsonl').read_text().splitlines()]
-    bare = _answers(exports / 'p2' / 'bare.jsonl', {json.loads(x['metadata'])['index']: x['completion'] for x in rows})
+    bare = _answers(exports / 'p2' / 'bare.jsonl', {x['metadata']['index']: x['completion'] for x in rows})
     s = _scores(zoo_path, tmp_path, '--predictions', bare, '--split', 'train', name='b')
     assert s['number_format']['precision'] == 2 and 'export_info.json' in s['number_format_from'] and s['recovered'] > 0.9
 
