@@ -185,6 +185,7 @@ def interpgen_export(store:str, # the zoo to export
                      overwrite:bool=False, # replace `out`
                      written_only:bool=False, # export the records written so far of a zoo not finished yet
                      chat:bool=False, # rows of `messages` (system, user, assistant), the chat format, instead of prompt/completion
+                     context:str=None, # tokens every example must fit, or a model name: the text is shortened to fit (see fit_context)
                      quiet:bool=False): # no progress bar
     "Export a zoo's prompt/completion examples as a Hugging Face dataset (jsonl, parquet or hf), split by record."
     t0 = time.perf_counter()
@@ -192,10 +193,13 @@ def interpgen_export(store:str, # the zoo to export
         check_arg(out is not None, 'out', out, 'a folder to write, e.g. --out prompts')
         info = export_examples(store, task, out, format, _formatter(style, number_format, precision, signature_precision, signature_columns, compact),
                                _shares(shares), split_seed, tuple(_names(holdout_patterns) or ()), max_tokens,
-                               None if tokenizer == 'none' else tokenizer, overwrite, written_only, progress=not quiet, chat=chat)
+                               None if tokenizer == 'none' else tokenizer, overwrite, written_only, progress=not quiet, chat=chat,
+                               context=int(context) if context is not None and context.isdigit() else context)
     print(f"{out}: {task} examples as {format} of {info['written']} of {info['records']} records: " + ', '.join(f'{s} {n}' for s, n in info['counts'].items())
-          + (f"; {info['dropped_over_budget']} over the budget of {max_tokens} tokens dropped ("
-             + ', '.join(f'{s} {n}' for s, n in info['dropped_by_split'].items()) + ')' if max_tokens else '')
+          + (f"; {info['dropped_over_budget']} over the budget of {info['max_tokens']} tokens dropped ("
+             + ', '.join(f'{s} {n}' for s, n in info['dropped_by_split'].items()) + ')' if info['max_tokens'] else '')
+          + (f"; fitted to {info['context']['tokens']:,} tokens by changing "
+             + (', '.join(f'{k}={v}' for k, v in info['context']['changed'].items()) or 'nothing') if info['context'] else '')
           + f" ({time.perf_counter() - t0:.1f} s)")
     rows = [dict(tokens=k, **v) for k, v in info['tokens'].items() if v]
     if rows: print(_table([{k: (f'{v:,.0f}' if isinstance(v, float) else v) for k, v in r.items()} for r in rows]))

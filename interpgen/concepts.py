@@ -26,7 +26,7 @@ from fastcore.basics import patch
 from fastcore.script import call_parse, anno_parser
 from .formatter import DEFAULT_MODEL, BUILTIN_GGUF, cache_dir, builtin_gguf
 from .store import check_output
-from .sampler import InterpgenError, command_errors, remove_tree
+from .sampler import InterpgenError, command_errors, remove_tree, umask_mode
 
 # %% ../nbs/06_concepts.ipynb #4e51530d
 DEFAULT_TEMPLATES = ("What is the capital of {concept}?",
@@ -118,6 +118,7 @@ def convert_gguf(gguf:Path, # a `.gguf` file
         if hasattr(model.config, 'quantization_config'): del model.config.quantization_config
         model.save_pretrained(tmp); tok.save_pretrained(tmp)
     (tmp/'interpgen_source.json').write_text(json.dumps({'gguf': gguf.name, 'sha256': file_sha256(gguf)}))
+    for f in [tmp, *tmp.iterdir()]: umask_mode(f)                  # safetensors writes its files 0600
     try: tmp.rename(out)
     except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: keep its folder
     return out

@@ -10,7 +10,7 @@ __all__ = ['METHODS', 'DIRECTIONS_FILES', 'Rows', 'select_rows', 'row_acts', 'me
            'interpgen_directions', 'interpgen_directions_main']
 
 # %% ../nbs/07_directions.ipynb #bc38bfe3
-import os, re, shutil, sys, json, time, contextlib
+import os, re, shutil, sys, json, textwrap, time, contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
@@ -19,7 +19,7 @@ from safetensors.torch import save_file, safe_open
 from .concepts import (open_store, check_complete, load_rows, load_acts, load_lm, find_blocks, block_parts, tensor_in, tensor_out,
                                 pad_batch, Encoded, SITES, ROLES, versions, run_cli, _SITE_HOOK)
 from .store import check_output, temp_sibling, replace_path
-from .sampler import remove_tree
+from .sampler import remove_tree, umask_mode
 
 # %% ../nbs/07_directions.ipynb #17968475
 @dataclass
@@ -249,7 +249,7 @@ def save_directions(res:Directions, # results of `fit_directions`
             meta = {k: json.dumps(v) for k, v in res.meta.items()} | dict(site=s, method=m, site_doc=SITES.get(s, ''),
                     scores=json.dumps(scores), format='interpgen.directions/1')
             p = out/f'{s}.{m}.safetensors'
-            try: save_file({str(l): torch.from_numpy(np.ascontiguousarray(v)) for l, v in by_l.items()}, str(p), metadata=meta)
+            try: save_file({str(l): torch.from_numpy(np.ascontiguousarray(v)) for l, v in by_l.items()}, str(p), metadata=meta); umask_mode(p)
             except Exception as e:                                 # safetensors reports a full disk as its own error: make it the OSError it is
                 code = re.search(r'os error (\d+)', str(e))
                 if code is None: raise
@@ -357,18 +357,21 @@ def plot_accuracy(res:Directions, # results of `fit_directions`
                  ):
     "Held-out `by` against layer, one panel per site, one line per method (band: ± std over folds)."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     sites = list(res.directions); ms = list(next(iter(res.directions.values())))
-    fig, axs = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 3.2), squeeze=False, sharey=True)
+    fig, axs = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 3.4), squeeze=False, sharey=True, layout='constrained')
     for ax, s in zip(axs[0], sites):
         for m in ms:
             rs = sorted((r for r in res.table if r['site'] == s and r['method'] == m), key=lambda r: r['layer'])
             x, y, e = (np.array([r[k] for r in rs]) for k in ('layer', by, by + '_std'))
-            ax.plot(x, y, label=m); ax.fill_between(x, y - e, y + e, alpha=0.15)
+            ax.plot(x, y, label=m); ax.fill_between(x, np.clip(y - e, 0, 1), np.clip(y + e, 0, 1), alpha=0.15)   # both scores live in [0, 1]
         ax.axhline(0.5, color='grey', lw=0.8, ls=':'); ax.set_title(s); ax.set_xlabel('layer')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))                 # layers are whole numbers
     axs[0][0].set_ylabel('held-out ' + ('balanced accuracy' if by == 'acc' else 'AUROC')); axs[0][-1].legend(fontsize=8)
-    fig.suptitle(f"{res.meta['concept']} vs {len(res.meta['controls'])} controls, {res.meta['role']} rows, {res.meta['n_folds']} folds "
-                 "holding out templates and controls", fontsize=9)
-    fig.tight_layout(); return fig
+    title = (f"{res.meta['concept']} vs {len(res.meta['controls'])} controls, {res.meta['role']} rows, {res.meta['n_folds']} folds "
+             "holding out templates and controls")
+    fig.suptitle(textwrap.fill(title, int(15 * fig.get_figwidth())), fontsize=9)   # wrapped: one panel is narrower than the title
+    return fig
 
 # %% ../nbs/07_directions.ipynb #71f77b04
 def plot_projection(res:Directions, # results of `fit_directions`
@@ -394,6 +397,7 @@ def plot_norms(path, # a concept store
               ):
     "Mean L2 norm of stored activations by layer (rows) and token position (columns), one panel per site."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     g = open_store(path); r = load_rows(path); layers = g['layers'][:].tolist()
     sites = sites or list(g.attrs['interpgen']['site_dims']); P = np.unique(r['position'])
     fig, axs = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 3.4), squeeze=False)
@@ -403,7 +407,8 @@ def plot_norms(path, # a concept store
             n = np.linalg.norm(load_acts(path, s, l).astype(np.float32), axis=1)
             M[j] = [n[r['position'] == p].mean() for p in P]
         im = ax.imshow(M, aspect='auto', origin='lower', cmap='viridis', extent=(P[0] - .5, P[-1] + .5, -.5, len(layers) - .5))
-        ax.set_title(s); ax.set_xlabel('token position (stored rows)'); ax.set_ylabel('layer index in store'); fig.colorbar(im, ax=ax, label='mean |x|')
+        ax.set_title(s); ax.set_xlabel('token position (stored rows)'); ax.set_ylabel('layer index in store'); fig.colorbar(im, ax=ax, label='mean L2 norm')
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True)); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout(); return fig
 
 # %% ../nbs/07_directions.ipynb #3975492b

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler, remove_tree, content_hash
+from .sampler import InterpgenError, check_arg, PATTERNS, PatternDatasetSampler, remove_tree, content_hash, umask_mode
 from .trainer import SubjectArch, SubjectModel, behaviour, param_shapes, flatten_state, unflatten_state, init_params
 from .extractor import ActivationSignature
 from .store import ZooRecord, Zoo, open_zoo, check_writable_parent, check_output, temp_sibling, replace_path, _quantiles, package_versions
@@ -20,10 +20,11 @@ from .pipeline import TASKS, load_config, evaluation_set, repair_check, moved_pa
 
 # %% auto #0
 __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGUF', 'SPLITS', 'EXPORT_FORMATS', 'COLUMNS',
-           'CHAT_SYSTEM', 'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text', 'layer_header', 'TrainingDataFormatter',
-           'layer_arrays', 'quantization_text', 'pattern_line', 'parse_patterns', 'cache_dir', 'builtin_gguf',
-           'shipped_tokenizer_files', 'pack_tokenizer', 'shipped_tokenizer', 'load_tokenizer', 'count_tokens',
-           'reference_layout_text', 'split_block', 'record_split', 'zoo_candidates', 'iter_examples', 'example_row',
+           'CHAT_SYSTEM', 'CONTEXTS', 'CONTEXT_STEPS', 'NUMBER_KEYS', 'FLOORS', 'NumberFormat', 'arch_text',
+           'layer_header', 'TrainingDataFormatter', 'layer_arrays', 'quantization_text', 'pattern_line',
+           'parse_patterns', 'cache_dir', 'builtin_gguf', 'shipped_tokenizer_files', 'pack_tokenizer',
+           'shipped_tokenizer', 'load_tokenizer', 'count_tokens', 'reference_layout_text', 'split_block',
+           'record_split', 'zoo_candidates', 'iter_examples', 'example_row', 'context_tokens', 'fit_context',
            'dataset_card', 'is_export', 'export_examples', 'Answers', 'read_answers', 'find_export_info',
            'answers_format', 'all_positive', 'AnswerScorer', 'score_answer', 'summarise', 'asked_records',
            'evaluate_predictions', 'bench_formatter']
@@ -380,7 +381,7 @@ def load_tokenizer(name:str=DEFAULT_MODEL): # a built-in model name, a local tok
             g = builtin_gguf(name)
             tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
             out = cache_dir('tokenizers', name); out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=out.parent)); tok.save_pretrained(tmp)
+            tmp = umask_mode(tempfile.mkdtemp(dir=out.parent)); tok.save_pretrained(tmp)
             try: tmp.rename(out)
             except OSError: shutil.rmtree(tmp, ignore_errors=True)    # another process cached it first
     else:
@@ -496,7 +497,59 @@ def _write_split(rows:list, path:Path, fmt:str, schema=None):
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
+# %% ../nbs/05_formatter.ipynb #e7fa8d2c
+CONTEXTS = {DEFAULT_MODEL: 8192}   # built-in model name -> its context length in tokens
+CONTEXT_STEPS = (dict(compact=True), dict(precision=2), dict(signature_precision=1), dict(signature_columns=('mean', 'std')))
+# what `fit_context` gives up, in this order, until every example fits: neuron labels, a weight decimal (2 places change
+# a default model's answer on 0.35% of sequences), a signature decimal, signature columns other than mean and std
+
+def context_tokens(context) -> int:
+    "A context length in tokens: a positive integer, or a built-in model's name (`CONTEXTS`)."
+    if isinstance(context, str) and context in CONTEXTS: return CONTEXTS[context]
+    ok = isinstance(context, int) and not isinstance(context, bool) and context > 0
+    check_arg(ok, 'context', context, f'a positive number of tokens or a model name ({", ".join(CONTEXTS)})')
+    return context
+
+def _fits(zoo, task, f, indices, tokenizer, n) -> int|None:
+    "The first record (in `indices`) whose example with settings `f` is longer than `n` tokens, or None if all fit."
+    for i, ex in iter_examples(zoo, task, f, indices=indices, tokenizer=tokenizer):
+        if ex['metadata']['prompt_tokens'] + ex['metadata']['completion_tokens'] > n: return i
+    return None
+
+def _plain(d:dict) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+def fit_context(zoo:Zoo, task:str, # the zoo and task
+                formatter:TrainingDataFormatter, # the settings to start from
+                context, # tokens a prompt and its answer must fit in (or a model name, `CONTEXTS`)
+                tokenizer=DEFAULT_MODEL, # the tokenizer the tokens are counted with
+                indices=None # the records (default: every written one)
+               ) -> tuple: # `(formatter, report)`: the settings chosen and what was tried
+    """The least shortened settings under which every example fits `context` tokens: `CONTEXT_STEPS` are taken one
+    after another (each keeps the ones before; one this zoo cannot take is skipped) until all fit. If even the last
+    does not, the last: the export then drops, and counts, what still does not fit."""
+    n, idx = context_tokens(context), zoo.written() if indices is None else list(indices)
+    f, done = formatter, {}
+    bad = _fits(zoo, task, f, idx, tokenizer, n)
+    tried = [dict(settings={}, first_too_long=bad)]
+    for step in CONTEXT_STEPS:
+        if bad is None: break
+        if all(getattr(f, k) == v for k, v in step.items()): continue        # already this short
+        g = replace(f, **step)
+        try: nxt = _fits(zoo, task, g, [bad] + [i for i in idx if i != bad], tokenizer, n)   # the one too long first
+        except InterpgenError: continue                                      # e.g. no std column in this zoo's signature
+        f, bad, done = g, nxt, done | step
+        tried.append(dict(settings=_plain(done), first_too_long=bad))
+    return f, dict(tokens=n, context=context, changed=_plain(done), all_fit=bad is None, tried=tried)
+
+
 # %% ../nbs/05_formatter.ipynb #9fbe8677
+def _context_line(c:dict|None) -> str:
+    "The card's sentence on `fit_context`'s choice."
+    if not c: return ''
+    what = ', '.join(f'{k}={v}' for k, v in c['changed'].items()) or 'nothing'
+    return (f"Fitted to a context of {c['tokens']:,} tokens: changed {what}; "
+            + ('every example fits.' if c['all_fit'] else 'even so some did not fit and were dropped (counted above).'))
+
 def dataset_card(info:dict) -> str:
     "The README.md of an export: what it holds, how it was made, its counts and token lengths; its YAML header lets `datasets.load_dataset(folder)` find the splits."
     fmt, chat = info['format'], info.get('chat')
@@ -525,7 +578,8 @@ def dataset_card(info:dict) -> str:
               f"Token lengths ({info['tokenizer']} tokenizer):" if table[2:] else 'Token lengths were not counted.', '']
     if table[2:]: lines += table + ['']
     lines += ['Text settings: ' + ', '.join(f'{k}={v}' for k, v in info['formatter'].items()) + '.',
-              f"Budget: {info['max_tokens']} tokens a prompt and answer." if info['max_tokens'] else 'No token budget.', '',
+              f"Budget: {info['max_tokens']} tokens a prompt and answer." if info['max_tokens'] else 'No token budget.',
+              _context_line(info.get('context')), '',
               'The zoo itself (models, datasets, evaluation sets) is the source of truth: `interpgen_evaluate` scores '
               "answers on each record's evaluation set, and `export_info.json` holds everything above as JSON."]
     return head + '\n'.join(lines) + '\n'
@@ -550,13 +604,16 @@ def export_examples(store, # a zoo path or an open `Zoo`
                     overwrite:bool=False, # replace `out` if it exists
                     written_only:bool=False, # export the records written so far of a zoo not finished yet (default: such a zoo is refused)
                     progress:bool=True, # a progress bar
-                    chat:bool=False # rows of `messages` (system, user, assistant) instead of `prompt` and `completion`
+                    chat:bool=False, # rows of `messages` (system, user, assistant) instead of `prompt` and `completion`
+                    context=None # tokens every example must fit (or a model name, `CONTEXTS`): `fit_context` shortens the text
                    ) -> dict: # the export's summary (also its `export_info.json`; its README.md is `dataset_card` of it)
     "Write `task` examples of a zoo as a Hugging Face dataset split by record, with a dataset card; return the export's summary."
     check_arg(format in EXPORT_FORMATS, 'format', format, f'one of {EXPORT_FORMATS}')
     check_arg(task in TASKS, 'task', task, f'one of {TASKS}')
     check_arg(max_tokens is None or (isinstance(max_tokens, int) and max_tokens > 0), 'max_tokens', max_tokens, 'a positive integer or None')
     check_arg(max_tokens is None or tokenizer is not None, 'max_tokens', max_tokens, 'None when tokenizer is None (the budget is in tokens)')
+    check_arg(context is None or tokenizer is not None, 'context', context, 'None when tokenizer is None (the context is in tokens)')
+    if context is not None: context_tokens(context)                  # a bad value is refused before any work
     zoo = store if isinstance(store, Zoo) else open_zoo(store)
     if not written_only: zoo.check_complete('export', 'pass --written_only to export the records written so far')
     todo = zoo.written()
@@ -564,7 +621,10 @@ def export_examples(store, # a zoo path or an open `Zoo`
     check_arg(not unknown, 'holdout_patterns', list(holdout_patterns), f'patterns of this zoo: {", ".join(zoo_candidates(zoo))}')
     out = check_output(out, 'export', inputs=[zoo.path], overwrite=overwrite, is_kind=is_export)
     check_writable_parent(out)
-    f = formatter or TrainingDataFormatter()
+    f, fitted = formatter or TrainingDataFormatter(), None
+    if context is not None:
+        f, fitted = fit_context(zoo, task, f, context, tokenizer, todo)
+        max_tokens = min(max_tokens or fitted['tokens'], fitted['tokens'])
     rows, lengths, dropped, indices = {s: [] for s in SPLITS}, dict(prompt=[], completion=[], total=[]), [], {s: [] for s in SPLITS}
     bar = tqdm(total=len(todo), desc=f'export {task}', unit='rec', disable=not progress)
     dropped_by_split = Counter({s: 0 for s in SPLITS})
@@ -592,7 +652,7 @@ def export_examples(store, # a zoo path or an open `Zoo`
                 dropped_over_budget=len(dropped), dropped_by_split=dict(dropped_by_split), dropped_indices=dropped[:100], max_tokens=max_tokens,
                 tokenizer=tokenizer if isinstance(tokenizer, str) or tokenizer is None else getattr(tokenizer, 'name_or_path', 'custom'),
                 tokens={k: _quant(v) for k, v in lengths.items()}, shares=list(shares), split_seed=split_seed,
-                holdout_patterns=list(holdout_patterns), formatter=f.settings(), config_hash=zoo.attrs['config_hash'],
+                holdout_patterns=list(holdout_patterns), formatter=f.settings(), context=fitted, config_hash=zoo.attrs['config_hash'],
                 zoo_hash=content_hash([hashes[i] for i in todo]), interpgen_version=package_versions()['interpgen'])
     tmp = temp_sibling(out)
     try:

@@ -15,10 +15,10 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['LETTERS', 'ENUMERATE_LIMIT', 'PATTERNS', 'VOWELS', 'IF_SHORT', 'InterpgenError', 'check_arg', 'command_errors',
-           'write_atomic', 'remove_tree', 'to_strings', 'from_strings', 'SequenceSpace', 'Pattern', 'register_pattern',
-           'get_patterns', 'contains', 'starts_with', 'ends_with', 'membership', 'draw_positives', 'uniformity_check',
-           'PatternDataset', 'PatternDatasetSampler', 'content_hash', 'SignatureDataset', 'save_signature_dataset',
-           'load_signature_dataset']
+           'write_atomic', 'umask_mode', 'remove_tree', 'to_strings', 'from_strings', 'SequenceSpace', 'Pattern',
+           'register_pattern', 'get_patterns', 'contains', 'starts_with', 'ends_with', 'membership', 'draw_positives',
+           'uniformity_check', 'PatternDataset', 'PatternDatasetSampler', 'content_hash', 'SignatureDataset',
+           'save_signature_dataset', 'load_signature_dataset']
 
 # %% ../nbs/00_sampler.ipynb #107f1924
 class InterpgenError(ValueError):
@@ -57,6 +57,12 @@ def write_atomic(path, # the file to write
     try:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data); os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
+
+def umask_mode(path) -> Path:
+    "Give the file or folder `path` the mode new ones get under the umask: safetensors writes its files 0600 and `mkdtemp` its folders 0700."
+    path = Path(path); um = os.umask(0); os.umask(um)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~um)
+    return path
 
 def remove_tree(path, # a folder that must go (a temporary one, after a failure)
                 seconds:float=5.0): # how long writes still in flight may go on putting files back

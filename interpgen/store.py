@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import zarr
 from fastcore.basics import patch
-from .sampler import (InterpgenError, check_arg, PatternDataset, SignatureDataset, from_strings, to_strings,
+from .sampler import (InterpgenError, check_arg, umask_mode, PatternDataset, SignatureDataset, from_strings, to_strings,
                                content_hash, remove_tree)
 from .trainer import SubjectArch, SubjectModel, unflatten_state, wilson
 from .extractor import ActivationSignature, SignatureLayout
@@ -207,9 +207,7 @@ def check_output(out, # the file or folder a command will write
 
 def temp_sibling(out:Path) -> Path:
     "A new empty folder beside `out` (hidden, so `ls` does not show it) to build `out` in; made with the umask's mode, not `mkdtemp`'s 0700."
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
-    um = os.umask(0); os.umask(um); tmp.chmod(0o777 & ~um)
-    return tmp
+    return umask_mode(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
 
 def replace_path(tmp:Path, out:Path):
     "Move the finished `tmp` into place at `out`: an old `out` is moved aside first and deleted only once `tmp` is in place."

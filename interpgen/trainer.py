@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 from fastcore.basics import patch
-from .sampler import InterpgenError, check_arg, PatternDataset
+from .sampler import InterpgenError, check_arg, PatternDataset, umask_mode
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'ENCODINGS', 'INITS', 'QUANTIZATIONS', 'BENCH_WORKLOADS', 'SubjectArch', 'encode', 'subject_logits',
@@ -114,6 +114,7 @@ def save_subject_model(model:SubjectModel, path, metadata:dict|None=None):
     "Write `model`'s weights and architecture (plus optional `metadata`) to a safetensors file."
     meta = {'arch': json.dumps(model.arch.to_dict()), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    umask_mode(path)                                               # safetensors writes 0600
 
 def load_subject_model(path) -> SubjectModel:
     "Rebuild a `SubjectModel` from a file written by `save_subject_model`."

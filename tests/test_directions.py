@@ -162,6 +162,9 @@ def test_cli_writes_everything_with_causal_check(tmp_path, llama, llama_store):
     assert len(res['table']) == 3 * 2 and [c['method'] for c in res['causal']] == ['mean_diff', 'pca']
     assert 'Causal check, mean_diff' in (out/'results.md').read_text()
     assert (out/'accuracy.png').read_bytes()[:4] == b'\x89PNG'
+    um = os.umask(0); os.umask(um)                                  # every file and folder with the umask's mode (not 0600/0700)
+    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob('*') if p.is_file()} == {oct(0o666 & ~um)}
+    assert {oct(p.stat().st_mode & 0o777) for p in [out, *out.rglob('*')] if p.is_dir()} == {oct(0o777 & ~um)}
 
 def test_cli_bad_input(tmp_path, llama_store):
     r = _cli(tmp_path, llama_store, '--methods', 'mean_diff,svm')

@@ -182,6 +182,30 @@ def _export(zoo_path, out, *args):
     return out
 
 
+def test_context_fits_every_example_with_the_least_shortening(zoo_path, zoo, tmp_path):
+    "--context N: the export takes the first of the stated steps under which every example fits, and says so."
+    from dataclasses import replace
+    from interpgen.formatter import CONTEXT_STEPS
+    def longest(f): return max(int(count_tokens([f.prompt(r, 'modification', zoo_candidates(zoo)), f.completion(r, 'modification')]).sum()) for r in zoo)
+    prefixes, f = [TrainingDataFormatter()], TrainingDataFormatter()
+    for step in CONTEXT_STEPS: f = replace(f, **step); prefixes.append(f)
+    need = [longest(f) for f in prefixes]                             # the longest example after each step, counted here
+    assert need == sorted(need, reverse=True) and need[0] > need[-1]
+    n = need[2] + (need[1] - need[2]) // 2 if need[1] > need[2] else need[2]    # the second step is the first that fits
+    first = next(k for k, m in enumerate(need) if m <= n)
+    assert first == 2
+    r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'c', '--context', n, '--quiet')
+    info = json.loads((tmp_path / 'c' / 'export_info.json').read_text())
+    rows = [x for s in SPLITS for x in _read_jsonl(tmp_path / 'c' / f'{s}.jsonl')]
+    assert info['context']['all_fit'] and len(rows) == len(zoo) and info['dropped_over_budget'] == 0
+    assert all(x['metadata']['prompt_tokens'] + x['metadata']['completion_tokens'] <= n for x in rows)
+    assert {k: v for k, v in info['formatter'].items()} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in prefixes[first].settings().items()}
+    assert f'fitted to {n:,} tokens by changing' in r.stdout and 'precision=2' in (tmp_path / 'c' / 'README.md').read_text()
+    r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'd', '--context', 'zero', '--quiet', check=False)
+    one_line(r, "context='zero' is not allowed")
+    assert not (tmp_path / 'd').exists()
+
+
 def test_holdout_patterns_and_budget(zoo_path, zoo, tmp_path):
     counts = {n: sum(n in r.meta['patterns'] for r in zoo) for n in zoo_candidates(zoo)}
     held = max(counts, key=counts.get)
