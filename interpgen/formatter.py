@@ -24,10 +24,10 @@ __all__ = ['NUMBER_FORMATS', 'LAYER_RE', 'STYLES', 'DEFAULT_MODEL', 'BUILTIN_GGU
            'layer_header', 'TrainingDataFormatter', 'layer_arrays', 'quantization_text', 'pattern_line',
            'parse_patterns', 'cache_dir', 'builtin_gguf', 'shipped_tokenizer_files', 'pack_tokenizer',
            'shipped_tokenizer', 'load_tokenizer', 'count_tokens', 'reference_layout_text', 'split_block',
-           'record_split', 'zoo_candidates', 'iter_examples', 'example_row', 'context_tokens', 'fit_context',
-           'dataset_card', 'is_export', 'export_examples', 'Answers', 'read_answers', 'find_export_info',
-           'answers_format', 'all_positive', 'AnswerScorer', 'score_answer', 'summarise', 'asked_records',
-           'evaluate_predictions', 'bench_formatter']
+           'record_split', 'zoo_candidates', 'iter_examples', 'example_row', 'shorter', 'context_tokens',
+           'example_tokens', 'fit_context', 'dataset_card', 'is_export', 'export_examples', 'Answers', 'read_answers',
+           'find_export_info', 'answers_format', 'all_positive', 'AnswerScorer', 'score_answer', 'summarise',
+           'asked_records', 'evaluate_predictions', 'bench_formatter']
 
 # %% ../nbs/05_formatter.ipynb #fc5168c0
 NUMBER_FORMATS = ('scaled', 'fixed')
@@ -194,7 +194,8 @@ def quantization_text(method:str) -> str:
     check_arg(method in _QUANT_VALUES, 'quantization', method, f'one of {list(_QUANT_VALUES)}')
     scale = 'its largest magnitude / ' + ('127' if method == 'int8' else '7') if method in ('int8', 'int4') else 'one value'
     return (f"The weights were quantized ({method}) after training: each layer's weight matrix, and its bias vector, has "
-            f"its own scale ({scale}), and each number is {_QUANT_VALUES[method]} that scale (written rounded as above).")
+            f"its own scale ({scale}), and each number is {_QUANT_VALUES[method]} that scale (written rounded as above)"
+            + ('; a weight that was exactly 0 stays 0.' if method == 'binary' else '.'))
 
 
 # %% ../nbs/05_formatter.ipynb #62d914b4
@@ -422,14 +423,15 @@ SPLITS = ('train', 'validation', 'test')
 
 def split_block(shares) -> int:
     "Records per block of the split: the fewest (up to 100) in which every share is a whole number of records."
-    return next((b for b in range(1, 101) if all(abs(s * b - round(s * b)) < 1e-9 for s in shares)), 100)
+    b = next((b for b in range(1, 101) if all(abs(s * b - round(s * b)) < 1e-9 for s in shares)), None)
+    check_arg(b is not None, 'shares', shares, 'shares that are whole hundredths (such as 0.8, 0.1, 0.1), so blocks of at most 100 records hold them exactly')
+    return b
 
 @functools.lru_cache(maxsize=4096)
 def _block_slots(shares:tuple, seed:int, block:int) -> tuple:
-    "The splits of one block's positions: its exact shares (largest remainders when inexact), in a seeded order."
-    b = split_block(shares); n = [int(s * b) for s in shares]
-    for j in sorted(range(3), key=lambda j: -(shares[j] * b - n[j]))[:b - sum(n)]: n[j] += 1
-    slots = [s for s, k in zip(SPLITS, n) for _ in range(k)]
+    "The splits of one block's positions: each share's whole number of records, in a seeded order."
+    b = split_block(shares)
+    slots = [s for s, f in zip(SPLITS, shares) for _ in range(round(f * b))]
     rng = np.random.default_rng(int(hashlib.sha256(f'interpgen.split:{seed}:{block}'.encode()).hexdigest()[:15], 16))
     return tuple(slots[i] for i in rng.permutation(b))
 
@@ -443,7 +445,7 @@ def record_split(index:int, # the record's index in the zoo
     check_arg(len(shares) == 3 and all(s >= 0 for s in shares) and abs(sum(shares) - 1) < 1e-9, 'shares', shares,
               'three non-negative numbers (train, validation, test) that sum to 1')
     if set(patterns) & set(holdout_patterns): return 'test'
-    b = split_block(shares)
+    b = split_block(shares)                                        # (refuses shares that are not whole hundredths)
     return _block_slots(tuple(float(s) for s in shares), int(seed), index // b)[index % b]
 
 
@@ -499,9 +501,18 @@ def _write_split(rows:list, path:Path, fmt:str, schema=None):
 
 # %% ../nbs/05_formatter.ipynb #e7fa8d2c
 CONTEXTS = {DEFAULT_MODEL: 8192}   # built-in model name -> its context length in tokens
-CONTEXT_STEPS = (dict(compact=True), dict(precision=2), dict(signature_precision=1), dict(signature_columns=('mean', 'std')))
-# what `fit_context` gives up, in this order, until every example fits: neuron labels, a weight decimal (2 places change
-# a default model's answer on 0.35% of sequences), a signature decimal, signature columns other than mean and std
+CONTEXT_STEPS = ('compact', 'precision', 'signature_precision', 'signature_columns')
+# what `fit_context` gives up, in this order, until every example fits: neuron labels (compact), weight decimals down to 2
+# (2 places change a default model's answer on 0.35% of sequences), signature decimals down to 1, signature columns
+# other than mean and std. A step never lengthens the text: settings already shorter are kept.
+
+def shorter(f:TrainingDataFormatter, step:str) -> TrainingDataFormatter:
+    "`f` with one of `CONTEXT_STEPS` taken (the same `f` when it is already that short)."
+    if step == 'compact': return replace(f, compact=True)
+    if step == 'precision': return replace(f, precision=min(f.precision, 2))
+    if step == 'signature_precision': return replace(f, signature_precision=min(f.sig_numbers.precision, 1))
+    keep = ('mean', 'std') if not f.signature_columns else tuple(c for c in f.signature_columns if c in ('mean', 'std'))
+    return replace(f, signature_columns=keep) if keep and keep != tuple(f.signature_columns or ()) else f
 
 def context_tokens(context) -> int:
     "A context length in tokens: a positive integer, or a built-in model's name (`CONTEXTS`)."
@@ -510,36 +521,48 @@ def context_tokens(context) -> int:
     check_arg(ok, 'context', context, f'a positive number of tokens or a model name ({", ".join(CONTEXTS)})')
     return context
 
-def _fits(zoo, task, f, indices, tokenizer, n) -> int|None:
-    "The first record (in `indices`) whose example with settings `f` is longer than `n` tokens, or None if all fit."
-    for i, ex in iter_examples(zoo, task, f, indices=indices, tokenizer=tokenizer):
-        if ex['metadata']['prompt_tokens'] + ex['metadata']['completion_tokens'] > n: return i
-    return None
+def example_tokens(ex:dict, # an example of `iter_examples`, its tokens counted
+                   chat:bool=False, # as a `chat` row: the system turn and the chat template's markup count too
+                   tokenizer=DEFAULT_MODEL) -> int:
+    "Tokens the example takes in training: prompt plus completion, or the whole templated conversation."
+    m = ex['metadata']
+    if not chat: return m['prompt_tokens'] + m['completion_tokens']
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    check_arg(getattr(tok, 'chat_template', None) is not None, 'tokenizer', getattr(tok, 'name_or_path', tokenizer),
+              'a tokenizer with a chat template, to count chat rows')
+    return len(tok.apply_chat_template(example_row(ex, True)['messages'], tokenize=True, return_dict=False))
 
-def _plain(d:dict) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+def _too_long(zoo, task, f, indices, tokenizer, n, chat) -> int|None:
+    "The first record of `indices` whose example with settings `f` takes more than `n` tokens, or None if all fit."
+    for i, ex in iter_examples(zoo, task, f, indices=indices, tokenizer=tokenizer):
+        if example_tokens(ex, chat, tokenizer) > n: return i
+    return None
 
 def fit_context(zoo:Zoo, task:str, # the zoo and task
                 formatter:TrainingDataFormatter, # the settings to start from
-                context, # tokens a prompt and its answer must fit in (or a model name, `CONTEXTS`)
+                tokens:int, # what every example must fit in (`context_tokens`, or a smaller budget)
                 tokenizer=DEFAULT_MODEL, # the tokenizer the tokens are counted with
-                indices=None # the records (default: every written one)
+                indices=None, # the records (default: every written one)
+                chat:bool=False # count chat rows (`example_tokens`)
                ) -> tuple: # `(formatter, report)`: the settings chosen and what was tried
-    """The least shortened settings under which every example fits `context` tokens: `CONTEXT_STEPS` are taken one
-    after another (each keeps the ones before; one this zoo cannot take is skipped) until all fit. If even the last
-    does not, the last: the export then drops, and counts, what still does not fit."""
-    n, idx = context_tokens(context), zoo.written() if indices is None else list(indices)
-    f, done = formatter, {}
-    bad = _fits(zoo, task, f, idx, tokenizer, n)
+    """The least shortened settings under which every example fits `tokens`: `CONTEXT_STEPS` are taken one after
+    another (each keeps the ones before; one that changes nothing or that this zoo cannot take is skipped) until all
+    fit. If even the last does not, the last: the export then drops, and counts, what still does not fit."""
+    idx = zoo.written() if indices is None else list(indices)
+    f, changed = formatter, {}
+    bad = _too_long(zoo, task, f, idx, tokenizer, tokens, chat)
     tried = [dict(settings={}, first_too_long=bad)]
     for step in CONTEXT_STEPS:
         if bad is None: break
-        if all(getattr(f, k) == v for k, v in step.items()): continue        # already this short
-        g = replace(f, **step)
-        try: nxt = _fits(zoo, task, g, [bad] + [i for i in idx if i != bad], tokenizer, n)   # the one too long first
+        g = shorter(f, step)
+        if g == f: continue                                                  # already this short
+        try: nxt = bad if _too_long(zoo, task, g, [bad], tokenizer, tokens, chat) is not None else None   # the one too long first
         except InterpgenError: continue                                      # e.g. no std column in this zoo's signature
-        f, bad, done = g, nxt, done | step
-        tried.append(dict(settings=_plain(done), first_too_long=bad))
-    return f, dict(tokens=n, context=context, changed=_plain(done), all_fit=bad is None, tried=tried)
+        if nxt is None: nxt = _too_long(zoo, task, g, idx, tokenizer, tokens, chat)
+        v = getattr(g, step)
+        f, bad, changed = g, nxt, changed | {step: list(v) if isinstance(v, tuple) else v}
+        tried.append(dict(settings=dict(changed), first_too_long=bad))
+    return f, dict(tokens=tokens, changed=changed, all_fit=bad is None, tried=tried)
 
 
 # %% ../nbs/05_formatter.ipynb #9fbe8677
@@ -547,16 +570,14 @@ def _context_line(c:dict|None) -> str:
     "The card's sentence on `fit_context`'s choice."
     if not c: return ''
     what = ', '.join(f'{k}={v}' for k, v in c['changed'].items()) or 'nothing'
-    return (f"Fitted to a context of {c['tokens']:,} tokens: changed {what}; "
+    return (f"Fitted to {c['tokens']:,} tokens (--context {c.get('context')}): changed {what}; "
             + ('every example fits.' if c['all_fit'] else 'even so some did not fit and were dropped (counted above).'))
 
 def dataset_card(info:dict) -> str:
-    "The README.md of an export: what it holds, how it was made, its counts and token lengths; its YAML header lets `datasets.load_dataset(folder)` find the splits."
+    """The README.md of an export: what it holds, how it was made, its counts and token lengths. It has no YAML header:
+    `datasets.load_dataset(folder)` finds the splits by their file names, and a header's `configs` would make `datasets`
+    cache the dataset by the folder's name alone (a second export in a folder of the same name would load as the first)."""
     fmt, chat = info['format'], info.get('chat')
-    head = ''
-    if fmt in ('jsonl', 'parquet'):
-        files = ''.join(f"  - split: {s}\n    path: {s}.{fmt}\n" for s in SPLITS)
-        head = f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}---\n\n"
     cols = ("`messages` (system, user: the prompt, assistant: the answer)" if chat else "`prompt` and `completion`") + ", and `metadata`"
     tok = info['tokens']
     table = ['| tokens | min | median | p90 | max |', '|---|---:|---:|---:|---:|']
@@ -568,8 +589,8 @@ def dataset_card(info:dict) -> str:
              f"`{info['config_hash'][:16]}`, zoo hash `{info['zoo_hash'][:16]}` over the exported records' hashes): "
              f"{sum(info['counts'].values())} examples from {info['written']} of its {info['records']} records, one per record. "
              f"Each prompt shows a subject model's weights and activation signature and asks for {what}.", '',
-             f"Columns: {cols}: the record's index and hash, its patterns and target, architecture, the text settings and "
-             f"token counts, and its split.", '',
+             f"Columns: {cols}: the record's index and hash, its patterns and target, architecture, the text settings"
+             + (", token counts" if info['tokens'].get('total') else '') + ", and its split.", '',
              '| split | examples | over the token budget |', '|---|---:|---:|']
     lines += [f"| {s} | {info['counts'][s]} | {info['dropped_by_split'][s]} |" for s in SPLITS]
     lines += ['', f"Splits by record (shares {info['shares']}, split seed {info['split_seed']}, exact in every block of "
@@ -582,7 +603,7 @@ def dataset_card(info:dict) -> str:
               _context_line(info.get('context')), '',
               'The zoo itself (models, datasets, evaluation sets) is the source of truth: `interpgen_evaluate` scores '
               "answers on each record's evaluation set, and `export_info.json` holds everything above as JSON."]
-    return head + '\n'.join(lines) + '\n'
+    return '\n'.join(lines) + '\n'
 
 
 # %% ../nbs/05_formatter.ipynb #2939b4e9
@@ -613,7 +634,8 @@ def export_examples(store, # a zoo path or an open `Zoo`
     check_arg(max_tokens is None or (isinstance(max_tokens, int) and max_tokens > 0), 'max_tokens', max_tokens, 'a positive integer or None')
     check_arg(max_tokens is None or tokenizer is not None, 'max_tokens', max_tokens, 'None when tokenizer is None (the budget is in tokens)')
     check_arg(context is None or tokenizer is not None, 'context', context, 'None when tokenizer is None (the context is in tokens)')
-    if context is not None: context_tokens(context)                  # a bad value is refused before any work
+    if context is not None: context_tokens(context)                  # bad values are refused before any work
+    split_block(shares)
     zoo = store if isinstance(store, Zoo) else open_zoo(store)
     if not written_only: zoo.check_complete('export', 'pass --written_only to export the records written so far')
     todo = zoo.written()
@@ -622,9 +644,10 @@ def export_examples(store, # a zoo path or an open `Zoo`
     out = check_output(out, 'export', inputs=[zoo.path], overwrite=overwrite, is_kind=is_export)
     check_writable_parent(out)
     f, fitted = formatter or TrainingDataFormatter(), None
-    if context is not None:
-        f, fitted = fit_context(zoo, task, f, context, tokenizer, todo)
-        max_tokens = min(max_tokens or fitted['tokens'], fitted['tokens'])
+    if context is not None:                                          # fit the smaller of the context and the budget
+        max_tokens = min(max_tokens or context_tokens(context), context_tokens(context))
+        f, fitted = fit_context(zoo, task, f, max_tokens, tokenizer, todo, chat)
+        fitted['context'] = context
     rows, lengths, dropped, indices = {s: [] for s in SPLITS}, dict(prompt=[], completion=[], total=[]), [], {s: [] for s in SPLITS}
     bar = tqdm(total=len(todo), desc=f'export {task}', unit='rec', disable=not progress)
     dropped_by_split = Counter({s: 0 for s in SPLITS})
@@ -633,7 +656,8 @@ def export_examples(store, # a zoo path or an open `Zoo`
         m = ex['metadata']
         s = record_split(i, m['patterns'], shares, split_seed, holdout_patterns)
         if tokenizer is not None:
-            tot = m['prompt_tokens'] + m['completion_tokens']
+            tot = example_tokens(ex, chat, tokenizer)
+            if chat: m['chat_tokens'] = tot
             if max_tokens is not None and tot > max_tokens: dropped.append(i); dropped_by_split[s] += 1; continue
             lengths['prompt'].append(m['prompt_tokens']); lengths['completion'].append(m['completion_tokens']); lengths['total'].append(tot)
         m['split'] = s; indices[s].append(i)
@@ -641,11 +665,13 @@ def export_examples(store, # a zoo path or an open `Zoo`
     bar.close()
     wanted = [s for s, share in zip(SPLITS, shares) if share > 0 or (s == 'test' and holdout_patterns)]
     if empty := [s for s in wanted if not rows[s]]:
-        s = empty[0]; budget = f' and {dropped_by_split[s]} of its examples are over --max_tokens {max_tokens}' if dropped_by_split[s] else ''
-        raise InterpgenError(
-            f"split {s!r} would be empty: {len(indices[s]) + dropped_by_split[s]} of the {len(todo)} records are in it{budget}; "
-            + ("raise --max_tokens or shorten the examples (--precision, --compact, --signature_columns)" if budget else
-               f"export a zoo of at least {split_block(shares)} records, or other --shares") + " (nothing was written)")
+        s = empty[0]; limit = '--context' if fitted else '--max_tokens'
+        budget = f' and all {dropped_by_split[s]} of its examples are over {limit} {max_tokens}' if dropped_by_split[s] else ''
+        fix = (f"raise {limit}" + ('' if fitted else ' or shorten the examples (--context shortens them to fit)') if budget else
+               f"hold out fewer patterns (--holdout_patterns sends every record with {', '.join(holdout_patterns)} to test)"
+               if holdout_patterns and s != 'test' else f"export a zoo of at least {split_block(shares)} records, or other --shares")
+        raise InterpgenError(f"split {s!r} would be empty: {len(indices[s]) + dropped_by_split[s]} of the {len(todo)} records "
+                             f"are in it{budget}; {fix} (nothing was written)")
     hashes = zoo.hashes()
     info = dict(store=str(zoo.path), task=task, format=format, chat=chat, records=len(zoo), written=len(todo),
                 counts={s: len(r) for s, r in rows.items()}, indices=indices,
@@ -659,10 +685,12 @@ def export_examples(store, # a zoo path or an open `Zoo`
         schema = _schema(rows) if format != 'jsonl' else None
         if format == 'hf':
             import datasets
-            feats = datasets.Features.from_arrow_schema(schema)
-            datasets.DatasetDict({s: datasets.Dataset.from_list(rs, features=feats) for s, rs in rows.items()}).save_to_disk(str(tmp))
+            import pyarrow as pa
+            datasets.DatasetDict({s: datasets.Dataset(pa.Table.from_pylist(rs, schema=schema)) for s, rs in rows.items()
+                                  if rs}).save_to_disk(str(tmp))       # no empty split: `datasets` cannot load one back
         else:
-            for s, rs in rows.items(): _write_split(rs, tmp/f'{s}.{format}', format, schema)
+            for s, rs in rows.items():
+                if rs: _write_split(rs, tmp/f'{s}.{format}', format, schema)   # a split of share 0 has no file (an empty one would not load)
         (tmp/'export_info.json').write_text(json.dumps(info, indent=1))
         (tmp/'README.md').write_text(dataset_card(info))
         replace_path(tmp, out)
@@ -720,7 +748,8 @@ def read_answers(source, # a JSON-lines file, or a dict record index -> answer t
         if not 0 <= i < n_records: a.problems.append((n, f'index {_short(i)} is not a record of this zoo (0..{n_records - 1})')); continue
         ans = r['completion'] if 'completion' in r else r['prediction'] if 'prediction' in r else _assistant(r.get('messages'))
         if not isinstance(ans, str):
-            a.problems.append((n, f'record {i}: the answer ("completion" or "prediction") is {_short(ans)}, not a string')); continue
+            a.problems.append((n, f'record {i}: the answer ("completion", "prediction" or the last assistant turn of "messages") is '
+                                  f'{_short(ans)}, not a string')); continue
         if i in a.texts:
             a.problems.append((n, f'a second answer for record {i} (the first is on line {a.lines[i]}): ignored')); continue
         a.texts[i], a.lines[i] = ans, n

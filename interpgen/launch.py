@@ -12,6 +12,14 @@ import importlib, os, sys
 
 RESUMABLE = ('interpgen_generate', 'interpgen_concepts')   # running these again picks up where they stopped
 
+def _stdout_gone() -> bool:
+    "Has the reader of standard output gone (a pipe whose other end is closed)? Where that cannot be asked, assume so."
+    try:
+        import select
+        p = select.poll(); p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+    except (AttributeError, OSError, ValueError): return True
+
 def launch(cmd:str, # the console script's name
            target:str): # 'module:function' to import and call
     "Import `target` and call it; Ctrl-C while it imports is one line and exit status 2, like Ctrl-C later on."
@@ -23,7 +31,8 @@ def launch(cmd:str, # the console script's name
         if not hasattr(main, '__wrapped__'): return main()      # a `*_main` that parses `sys.argv` itself
         from fastcore.script import _run_cli                     # a `call_parse` command: parse `sys.argv` as its own script would
         return _run_cli(main.__wrapped__, False)
-    except BrokenPipeError:                                      # output piped into `head` and the like, which stopped reading
+    except BrokenPipeError:                                      # output piped into `head` and the like, which stopped reading?
+        if not _stdout_gone(): raise                             # another pipe broke (a worker's, a subprocess's): say so
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so the flush at exit does not fail again
         sys.exit(1)
 

