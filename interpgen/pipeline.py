@@ -318,6 +318,10 @@ PRESETS = {
                       training=dict(batch_size=128, max_epochs=20, patience=3, matmul_dtype='bfloat16'),
                       corruption=dict(rate=0.3, min_degradation_threshold=0.05),
                       store=dict(chunk_records=32, shard_records=256)),
+    # the default with 1-2 hidden layers of 12-16 units: every modification example of 64 records (seed 3) fits the
+    # 8,192 tokens of the built-in model with `interpgen_export --context 8192` (compact, 2 weight decimals, 1 signature
+    # decimal), and 82% of clean models pass the label check (0.76-0.86, 256 candidates) against 88% for the default
+    'small': dict(model=dict(layers=[1, 2], width=[12, 16])),
 }
 
 MAX_YAML_BYTES = 1_000_000   # a config is a few hundred bytes; anything this large is not one

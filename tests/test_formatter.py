@@ -219,6 +219,15 @@ def test_context_fits_every_example_with_the_least_shortening(zoo_path, zoo, tmp
     assert not (tmp_path / 'd').exists()
 
 
+def test_the_small_preset_fits_the_built_in_models_context(tmp_path):
+    "The `small` preset's modification examples all fit 8,192 tokens once `--context` shortens them (as its comment says)."
+    DatasetGenerationPipeline('small', size=32, seed=3).run(tmp_path / 's.zarr', progress=False)
+    cli('interpgen_export', tmp_path / 's.zarr', '--out', tmp_path / 'e', '--context', 'smollm2-135m-instruct', '--quiet')
+    info = json.loads((tmp_path / 'e' / 'export_info.json').read_text())
+    assert info['context']['tokens'] == 8192 and info['context']['all_fit'] and sum(info['counts'].values()) == 32
+    assert info['tokens']['total']['max'] <= 8192 and info['dropped_over_budget'] == 0
+
+
 def test_holdout_patterns_and_budget(zoo_path, zoo, tmp_path):
     counts = {n: sum(n in r.meta['patterns'] for r in zoo) for n in zoo_candidates(zoo)}
     held = max(counts, key=counts.get)
