@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_sampler.ipynb #66f30841
 from __future__ import annotations
-import errno, hashlib, json, math, os, shutil, string, sys, time
+import errno, hashlib, json, logging, math, os, shutil, string, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,7 +42,9 @@ def command_errors(cmd:str, # the command's name, printed before the message
     try: yield
     except InterpgenError as e: print(f"{cmd}: error: {e}", file=sys.stderr); sys.exit(2)
     except KeyboardInterrupt:
-        print(f"{cmd}: interrupted" + ("; run the same command to resume" if resumable else ''), file=sys.stderr); sys.exit(2)
+        print(f"{cmd}: interrupted" + ("; run the same command to resume" if resumable else ''), file=sys.stderr)
+        logging.getLogger('asyncio').disabled = True   # zarr's writes in flight are dropped at exit: asyncio would report each
+        sys.exit(2)                                    # ("Task was destroyed but it is pending!"); the run resumes, so it is noise
     except OSError as e:
         if e.errno not in _OS_ERRORS: raise
         where = ' '.join(f"'{f}'" for f in (e.filename, e.filename2) if f)
